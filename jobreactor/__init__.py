@@ -1,0 +1,51 @@
+"""jobreactor: background jobs for Twisted, after the Ruby JobReactor.
+
+Define jobs with :func:`job`, :func:`job_callback` and :func:`job_errback`; run nodes and a
+distributor with :data:`JR` (or the :class:`Node` and :class:`Distributor` services); enqueue
+with ``JR.enqueue`` or ``Distributor.enqueue``.
+"""
+
+from jobreactor.config import Config
+from jobreactor.definitions import JobRegistry, job, job_callback, job_errback, load_jobs_directory
+from jobreactor.distributor import Distributor, NodeInfo
+from jobreactor.errors import (
+    ArgsTooLargeError,
+    CancelJob,
+    ConfigError,
+    InvalidJobError,
+    JobCancelled,
+    JobDefinitionError,
+    JobFailed,
+    JobReactorError,
+    NotRunningError,
+)
+from jobreactor.handle import JobHandle
+from jobreactor.job import Job, Status
+from jobreactor.node import Node
+from jobreactor.runtime import JR, JobReactor
+
+__all__ = [
+    "JR",
+    "ArgsTooLargeError",
+    "CancelJob",
+    "Config",
+    "ConfigError",
+    "Distributor",
+    "InvalidJobError",
+    "Job",
+    "JobCancelled",
+    "JobDefinitionError",
+    "JobFailed",
+    "JobHandle",
+    "JobReactor",
+    "JobReactorError",
+    "JobRegistry",
+    "Node",
+    "NodeInfo",
+    "NotRunningError",
+    "Status",
+    "job",
+    "job_callback",
+    "job_errback",
+    "load_jobs_directory",
+]

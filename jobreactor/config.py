@@ -1,0 +1,88 @@
+"""Settings with the original's names and defaults, checked the moment they are set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from jobreactor.errors import ConfigError
+
+
+def _check(kind: type | tuple[type, ...], *, minimum: float | None = None) -> Any:
+    """A validator that refuses bools where numbers are wanted and values below ``minimum``."""
+
+    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        wants_number = kind in (int, float) or kind == (int, float)
+        if (wants_number and isinstance(value, bool)) or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(
+                f"JR.config.{attribute.name} must be {names}, not {type(value).__name__} {value!r}"
+            )
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"JR.config.{attribute.name} must be at least {minimum}, not {value!r}")
+
+    return validate
+
+
+NUMBER = (int, float)
+
+
+@attrs.define
+class Config:
+    """Every setting of jobreactor; set them before starting a node or distributor.
+
+    Both spellings work, the original's and Python's::
+
+        JR.config["max_attempt"] = 3
+        JR.config.max_attempt = 3
+
+    An unknown name or a value of the wrong type raises :class:`ConfigError` at once.
+    """
+
+    #: Directory whose ``*.py`` files (recursively) define the jobs a node can run.
+    job_directory: str = attrs.field(default="reactor_jobs", validator=_check(str))
+    #: Attempts per run before a job is ``failed`` and its error feedback fires.
+    max_attempt: int = attrs.field(default=10, validator=_check(int, minimum=1))
+    #: A failed attempt ``n`` is retried ``n * retry_multiplier`` seconds later.
+    retry_multiplier: float = attrs.field(default=5, validator=_check(NUMBER, minimum=0))
+    #: Put ``args["job_itself"]`` (id, name, status, attempt, ...) into jobs and callbacks.
+    merge_job_itself_to_args: bool = attrs.field(default=False, validator=_check(bool))
+    #: A job's ``node=`` becomes a requirement: the job waits for that node.
+    always_use_specified_node: bool = attrs.field(default=False, validator=_check(bool))
+    remove_done_jobs: bool = attrs.field(default=True, validator=_check(bool))
+    remove_cancelled_jobs: bool = attrs.field(default=True, validator=_check(bool))
+    remove_failed_jobs: bool = attrs.field(default=False, validator=_check(bool))
+    #: A node with persistent storage runs its unfinished jobs again when it starts.
+    retry_jobs_at_start: bool = attrs.field(default=True, validator=_check(bool))
+    redis_host: str = attrs.field(default="localhost", validator=_check(str))
+    redis_port: int = attrs.field(default=6379, validator=_check(int, minimum=1))
+    #: Threads for ``defer=True`` jobs (the original's EventMachine pool had 20).
+    thread_pool_size: int = attrs.field(default=20, validator=_check(int, minimum=1))
+    #: Jobs a node runs at once unless ``start_node(slots=...)`` says otherwise.
+    node_slots: int = attrs.field(default=50, validator=_check(int, minimum=1))
+    #: Largest JSON form of one job's args, in bytes; larger args are refused at enqueue.
+    max_args_bytes: int = attrs.field(default=1024 * 1024, validator=_check(int, minimum=1024))
+    #: Seconds a distributor keeps a lost node's jobs before giving them to another node.
+    node_grace_period: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0))
+
+    def __getitem__(self, name: str) -> Any:
+        self._known(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._known(name)
+        setattr(self, name, value)
+
+    def update(self, **settings: Any) -> None:
+        """Set several settings; nothing changes if any of them is wrong."""
+        for name in settings:
+            self._known(name)
+        checked = attrs.evolve(self, **settings)
+        for name in settings:
+            setattr(self, name, getattr(checked, name))
+
+    def _known(self, name: str) -> None:
+        if name not in attrs.fields_dict(type(self)):
+            known = ", ".join(attrs.fields_dict(type(self)))
+            raise ConfigError(f"unknown setting {name!r}; the settings are: {known}")

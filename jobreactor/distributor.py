@@ -1,0 +1,528 @@
+"""The distributor: owns every job from ``enqueue`` to its outcome and routes it to nodes.
+
+Jobs wait in one FIFO queue until a connected node that the job allows has room; a pass
+over the queue is triggered (once per reactor turn, however many events asked for it) when
+a job arrives, a node connects, or a node reports, so nothing ever spins while waiting. A
+job sent to a node stays owned here until its final report: if the node is lost, its jobs go
+back to the queue after ``node_grace_period``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorCore, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jobreactor.config import Config
+from jobreactor.enqueueing import build_job
+from jobreactor.errors import InvalidJobError, JobCancelled, JobFailed
+from jobreactor.handle import JobHandle
+from jobreactor.job import Job, Report, Status
+from jobreactor.protocol import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    CancelJobs,
+    DuplicateNodeName,
+    Hello,
+    HelloFirst,
+    JobReactorAMP,
+    JobsDone,
+    RunJobs,
+    UnsupportedVersion,
+)
+
+Feedback = Callable[[dict[str, Any]], Any]
+
+#: Jobs per ``RunJobs`` box: large enough to amortise a round trip, small enough to interleave.
+BATCH_SIZE = 200
+
+log = Logger()
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """A job the distributor owns, with the application's feedbacks and handle."""
+
+    job: Job
+    handle: JobHandle
+    success: Feedback | None
+    error: Feedback | None
+    #: The node holding the job, or None while it waits here.
+    node: str | None = None
+    #: The last run whose feedback fired: a report for it again is a duplicate.
+    last_run: int = 0
+
+
+@attrs.frozen
+class NodeInfo:
+    """A connected node as the distributor sees it."""
+
+    name: str
+    slots: int
+    #: Jobs sent to the node that it has not yet started waiting on or finished.
+    load: int
+    #: All unfinished jobs this distributor placed on the node.
+    holding: int
+    address: str
+
+
+@attrs.define(eq=False)
+class _NodeLink:
+    name: str
+    slots: int
+    protocol: DistributorProtocol
+    load: set[str] = attrs.Factory(set)
+
+    @property
+    def room(self) -> int:
+        return self.slots - len(self.load)
+
+
+class DistributorProtocol(JobReactorAMP):
+    """One node's connection; nothing but ``Hello`` is accepted until the node has said it."""
+
+    def __init__(self, distributor: Distributor) -> None:
+        super().__init__()
+        self.distributor = distributor
+        self.link: _NodeLink | None = None
+
+    @Hello.responder
+    def hello(
+        self, name: str, slots: int, version: int, held: Any, credentials: Any
+    ) -> dict[str, Any]:
+        return self.distributor._hello(self, name, slots, version, held)
+
+    @JobsDone.responder
+    def jobs_done(self, reports: Any) -> dict[str, Any]:
+        if self.link is None:
+            raise HelloFirst("send Hello before JobsDone")
+        self.distributor._reports(self.link, reports)
+        return {}
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        super().connectionLost(reason)
+        if self.link is not None:
+            self.distributor._node_lost(self.link)
+
+
+class Distributor(service.Service):
+    """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
+
+    Call its methods in the reactor thread; :data:`jobreactor.JR` does the thread hop for
+    applications that run the reactor in a background thread. Feedbacks run in the reactor
+    thread too.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        config: Config | None = None,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.listen = listen
+        self.config = config if config is not None else Config()
+        self.id = str(uuid.uuid4())
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._owned: dict[str, _Entry] = {}
+        self._waiting: deque[_Entry] = deque()
+        self._links: dict[str, _NodeLink] = {}
+        self._grace_timers: dict[str, IDelayedCall] = {}
+        self._dispatch_call: IDelayedCall | None = None
+        self._port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    # -- service life --------------------------------------------------------------
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        endpoint = serverFromString(self._reactor, self.listen)
+        factory = Factory.forProtocol(lambda: DistributorProtocol(self))
+        self._listening = endpoint.listen(factory)
+        self._listening.addCallback(self._listened)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self._port = port
+        log.info("distributor {id} listening on {address}", id=self.id, address=port.getHost())
+        return port
+
+    def when_listening(self) -> Deferred[Distributor]:
+        """Fire with this distributor once its port is open (or fail if it cannot be)."""
+        if self._listening is None:
+            raise RuntimeError("start the distributor service first")
+        done: Deferred[Distributor] = Deferred()
+        self._listening.addCallbacks(
+            lambda port: (done.callback(self), port)[1], lambda f: (done.errback(f), None)[1]
+        )
+        return done
+
+    @property
+    def address(self) -> Any:
+        """The listening address (``.host``, ``.port``), once listening."""
+        return self._port.getHost() if self._port is not None else None
+
+    def stopService(self) -> Deferred[None] | None:  # noqa: N802 - Twisted's name
+        super().stopService()
+        for timer in [self._dispatch_call, *self._grace_timers.values()]:
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._grace_timers.clear()
+        self._dispatch_call = None
+        for link in list(self._links.values()):
+            if link.protocol.transport is not None:
+                link.protocol.transport.loseConnection()
+        if self._port is not None:
+            stopped: Deferred[None] = self._port.stopListening()  # type: ignore[assignment]
+            self._port = None
+            return stopped
+        return None
+
+    # -- the application's side --------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Validate and queue a job; return its handle. Reactor thread only.
+
+        ``success(args)`` / ``error(args)`` are the feedbacks, called in the reactor thread
+        with the args as the node left them. Raises :class:`InvalidJobError` at once for a
+        bad name, args or option.
+        """
+        job = build_job(
+            name,
+            args,
+            options,
+            now=self._clock.seconds(),
+            max_args_bytes=self.config.max_args_bytes,
+        )
+        return self.submit(job, success=success, error=error)
+
+    def new_handle(self, job: Job, cancel: Callable[[JobHandle], None] | None = None) -> JobHandle:
+        return JobHandle(job.id, job.name, cancel or self.cancel)
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        handle: JobHandle | None = None,
+    ) -> JobHandle:
+        """Queue an already validated job (made by :func:`build_job`)."""
+        for feedback in (success, error):
+            if feedback is not None and not callable(feedback):
+                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        if job.id in self._owned:
+            raise InvalidJobError(f"job id {job.id} is already queued")
+        handle = handle or self.new_handle(job)
+        entry = _Entry(job=job, handle=handle, success=success, error=error)
+        self._owned[job.id] = entry
+        self._waiting.append(entry)
+        self._schedule_dispatch()
+        return handle
+
+    def cancel(self, handle: JobHandle) -> None:
+        """Stop the job of ``handle``: drop it if it waits here, else ask its node."""
+        entry = self._owned.get(handle.id)
+        if entry is None:
+            return
+        if entry.node is None:
+            self._waiting.remove(entry)
+            self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
+            return
+        link = self._links.get(entry.node)
+        if link is not None:
+            self._call(link, CancelJobs, job_ids=[entry.job.id]).addErrback(
+                self._log_failure, "cancelling job {job_id}", job_id=entry.job.id
+            )
+
+    def nodes(self) -> list[NodeInfo]:
+        """The connected nodes, with their slots and load."""
+        holding: dict[str, int] = {}
+        for entry in self._owned.values():
+            if entry.node is not None:
+                holding[entry.node] = holding.get(entry.node, 0) + 1
+        return [
+            NodeInfo(
+                name=link.name,
+                slots=link.slots,
+                load=len(link.load),
+                holding=holding.get(link.name, 0),
+                address=str(link.protocol.transport.getPeer()) if link.protocol.transport else "",
+            )
+            for link in self._links.values()
+        ]
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting here for a node."""
+        return len(self._waiting)
+
+    @property
+    def pending(self) -> int:
+        """Jobs owned here that have no final outcome yet."""
+        return len(self._owned)
+
+    # -- routing -------------------------------------------------------------------
+
+    def _schedule_dispatch(self) -> None:
+        if self._dispatch_call is None and self.running:
+            self._dispatch_call = self._clock.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_call = None
+        rooms = {name: link.room for name, link in self._links.items() if link.room > 0}
+        if not rooms or not self._waiting:
+            return
+        batches: dict[str, list[_Entry]] = {}
+        skipped: deque[_Entry] = deque()
+        while self._waiting and rooms:
+            entry = self._waiting.popleft()
+            target = self._choose(entry.job, rooms)
+            if target is None:
+                skipped.append(entry)
+                continue
+            batches.setdefault(target, []).append(entry)
+            rooms[target] -= 1
+            if rooms[target] == 0:
+                del rooms[target]
+        skipped.extend(self._waiting)
+        self._waiting = skipped
+        for name, entries in batches.items():
+            self._send(self._links[name], entries)
+
+    def _choose(self, job: Job, rooms: dict[str, int]) -> str | None:
+        if job.node is not None:
+            if job.node in rooms and job.allows(job.node):
+                return job.node
+            if self.config.always_use_specified_node:
+                return None
+        best = None
+        for name, room in rooms.items():
+            if job.allows(name) and (best is None or room > rooms[best]):
+                best = name
+        return best
+
+    def _send(self, link: _NodeLink, entries: list[_Entry]) -> None:
+        for entry in entries:
+            entry.node = link.name
+            link.load.add(entry.job.id)
+        for start in range(0, len(entries), BATCH_SIZE):
+            batch = entries[start : start + BATCH_SIZE]
+            sent = self._call(link, RunJobs, jobs=[entry.job.to_wire() for entry in batch])
+            sent.addCallbacks(
+                self._sent, self._send_failed, callbackArgs=(link, batch), errbackArgs=(link, batch)
+            )
+            sent.addErrback(self._log_failure, "handling the answer to RunJobs")
+
+    def _call(self, link: _NodeLink, command: Any, **arguments: Any) -> Deferred[Any]:
+        try:
+            result: Deferred[Any] = link.protocol.callRemote(command, **arguments)
+        except Exception:  # AMP raises TooLong and friends synchronously
+            return fail()
+        return result
+
+    def _sent(self, answer: dict[str, Any], link: _NodeLink, batch: list[_Entry]) -> None:
+        for job_id in answer.get("parked") or []:
+            link.load.discard(job_id)
+        for refusal in answer.get("rejected") or []:
+            entry = self._owned.get(refusal.get("id")) if isinstance(refusal, dict) else None
+            if entry is None:
+                continue
+            link.load.discard(entry.job.id)
+            message = str(refusal.get("error", "refused by the node"))
+            args = dict(entry.job.args, error=message, error_type="RejectedByNode")
+            self._finish_with_report(
+                entry,
+                Report(entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message),
+            )
+        self._schedule_dispatch()
+
+    def _send_failed(self, failure: Failure, link: _NodeLink, batch: list[_Entry]) -> None:
+        if failure.check(internet_error.ConnectionClosed):
+            return  # _node_lost puts the jobs back
+        log.failure("node {node} could not take {count} jobs", failure, node=link.name, count=len(batch))
+        for entry in batch:
+            link.load.discard(entry.job.id)
+            message = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            args = dict(entry.job.args, error=message, error_type="DispatchFailed")
+            self._finish_with_report(
+                entry,
+                Report(entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message),
+            )
+
+    # -- nodes --------------------------------------------------------------------
+
+    def _hello(
+        self, protocol: DistributorProtocol, name: str, slots: int, version: int, held: Any
+    ) -> dict[str, Any]:
+        if version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(
+                f"this distributor speaks protocol version {PROTOCOL_VERSION}, not {version}"
+            )
+        if protocol.link is not None:
+            raise BadMessage("Hello was already sent on this connection")
+        if not name or slots < 1:
+            raise BadMessage("a node needs a non-empty name and at least one slot")
+        if not isinstance(held, list) or not all(isinstance(job_id, str) for job_id in held):
+            raise BadMessage("held must be a list of job ids")
+        if name in self._links:
+            raise DuplicateNodeName(f"a node named {name!r} is already connected")
+        link = _NodeLink(name=name, slots=slots, protocol=protocol)
+        self._links[name] = link
+        protocol.link = link
+        timer = self._grace_timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        held_ids = set(held)
+        drop = []
+        for job_id in held_ids:
+            entry = self._owned.get(job_id)
+            if entry is None or (entry.node is not None and entry.node != name):
+                drop.append(job_id)
+            elif entry.node is None:
+                self._waiting.remove(entry)
+                entry.node = name
+        lost = [e for e in self._owned.values() if e.node == name and e.job.id not in held_ids]
+        self._requeue(lost)
+        log.info(
+            "node {node} connected with {slots} slots, holding {held} jobs",
+            node=name,
+            slots=slots,
+            held=len(held_ids) - len(drop),
+        )
+        self._schedule_dispatch()
+        return {"distributor_id": self.id, "version": PROTOCOL_VERSION, "drop": drop}
+
+    def _node_lost(self, link: _NodeLink) -> None:
+        if self._links.get(link.name) is not link:
+            return
+        del self._links[link.name]
+        holding = sum(1 for entry in self._owned.values() if entry.node == link.name)
+        log.info("node {node} disconnected holding {count} jobs", node=link.name, count=holding)
+        if holding and self.running:
+            self._grace_timers[link.name] = self._clock.callLater(
+                self.config.node_grace_period, self._reroute, link.name
+            )
+
+    def _reroute(self, name: str) -> None:
+        self._grace_timers.pop(name, None)
+        lost = [entry for entry in self._owned.values() if entry.node == name]
+        log.info("re-routing {count} jobs of lost node {node}", count=len(lost), node=name)
+        self._requeue(lost)
+
+    def _requeue(self, entries: Iterable[_Entry]) -> None:
+        """Put jobs back at the head of the queue, in the order they were enqueued."""
+        entries = list(entries)
+        for entry in entries:
+            entry.node = None
+        self._waiting.extendleft(reversed(entries))
+        if entries:
+            self._schedule_dispatch()
+
+    # -- outcomes -------------------------------------------------------------------
+
+    def _reports(self, link: _NodeLink, raw: Any) -> None:
+        if not isinstance(raw, list):
+            raise BadMessage("reports must be a list of report objects")
+        try:
+            reports = [Report.from_wire(item) for item in raw]
+        except InvalidJobError as error:
+            raise BadMessage(str(error)) from None
+        for report in reports:
+            link.load.discard(report.job_id)
+            entry = self._owned.get(report.job_id)
+            if entry is None:
+                log.debug("ignoring a report for job {job_id}: not pending", job_id=report.job_id)
+                continue
+            self._apply(entry, report)
+        self._schedule_dispatch()
+
+    def _apply(self, entry: _Entry, report: Report) -> None:
+        if report.feedback is not None:
+            if report.run <= entry.last_run:
+                log.info(
+                    "ignoring a duplicate outcome of run {run} of job {job_id}",
+                    run=report.run,
+                    job_id=entry.job.id,
+                )
+                return
+            entry.last_run = report.run
+        entry.job = attrs.evolve(entry.job, status=report.status, run=report.run, args=report.args)
+        if report.final:
+            self._finish_with_report(entry, report)
+        elif report.feedback is not None:
+            self._fire(entry, report)
+
+    def _finish_with_report(self, entry: _Entry, report: Report) -> None:
+        outcome: dict[str, Any] | Failure
+        if report.feedback == "success":
+            outcome = report.args
+        elif report.feedback == "error":
+            outcome = Failure(
+                JobFailed(
+                    entry.job.id,
+                    entry.job.name,
+                    report.error or "",
+                    report.error_type or "",
+                    report.args,
+                    report.status.value,
+                )
+            )
+        else:
+            outcome = Failure(JobCancelled(entry.job.id, entry.job.name))
+        self._finish(entry, report, outcome)
+
+    def _finish(self, entry: _Entry, report: Report | None, outcome: Any) -> None:
+        self._owned.pop(entry.job.id, None)
+        if entry.node is not None and entry.node in self._links:
+            self._links[entry.node].load.discard(entry.job.id)
+        if report is not None and report.feedback is not None:
+            self._fire(entry, report)
+        entry.handle._settle(outcome)
+
+    def _fire(self, entry: _Entry, report: Report) -> None:
+        feedback = entry.success if report.feedback == "success" else entry.error
+        if feedback is None:
+            return
+        try:
+            result = feedback(report.args)
+        except Exception:
+            log.failure(
+                "{kind} feedback of job {job_id} ({name}) raised",
+                kind=report.feedback,
+                job_id=entry.job.id,
+                name=entry.job.name,
+            )
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(
+                self._log_failure, "feedback of job {job_id}", job_id=entry.job.id
+            )
+
+    @staticmethod
+    def _log_failure(failure: Failure, what: str, **fields: Any) -> None:
+        log.failure("failure " + what, failure, **fields)

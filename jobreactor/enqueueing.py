@@ -1,0 +1,113 @@
+"""Turning an ``enqueue`` call into a :class:`Job`, refusing bad input before anything is sent.
+
+This runs in the caller's thread (a Flask request, say), so every mistake surfaces there as
+:class:`InvalidJobError` with a message that names it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from typing import Any
+
+from jobreactor.errors import InvalidJobError
+from jobreactor.job import Job, encode_args
+
+#: The options ``enqueue`` understands; anything else is refused by name.
+ENQUEUE_OPTIONS = frozenset(
+    {"after", "run_at", "period", "defer", "node", "not_node", "max_attempt", "retry_delay", "timeout"}
+)
+
+
+def _seconds(name: str, value: Any, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidJobError(f"{name} must be a number of seconds, not {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidJobError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise InvalidJobError(f"{name} must be {'above' if positive else 'at least'} 0, not {value!r}")
+    return float(value)
+
+
+def _run_at(value: Any) -> float:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidJobError(
+                "run_at must be an aware datetime (with tzinfo) or POSIX seconds; "
+                "a naive datetime is ambiguous across machines"
+            )
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InvalidJobError(f"run_at must be an aware datetime or POSIX seconds, not {value!r}")
+    return float(value)
+
+
+def _node_names(value: Any) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple, set, frozenset)) or not all(
+        isinstance(n, str) and n for n in names
+    ):
+        raise InvalidJobError(f"not_node must be a node name or a list of names, not {value!r}")
+    return tuple(sorted(names))
+
+
+def build_job(
+    name: str, args: dict[str, Any] | None, options: dict[str, Any], *, now: float, max_args_bytes: int
+) -> Job:
+    """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh uuid4).
+
+    ``after`` becomes an absolute ``run_at`` here, at enqueue time, so a job kept waiting on
+    the distributor is not pushed later by the wait.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidJobError(f"a job name must be a non-empty string, not {name!r}")
+    unknown = sorted(set(options) - ENQUEUE_OPTIONS)
+    if unknown:
+        raise InvalidJobError(
+            f"unknown enqueue option(s): {', '.join(unknown)}; "
+            f"the options are: {', '.join(sorted(ENQUEUE_OPTIONS))}"
+        )
+    text = encode_args({} if args is None else args, max_args_bytes)
+    if "after" in options and "run_at" in options:
+        raise InvalidJobError("give after or run_at, not both")
+    run_at = None
+    if options.get("after") is not None:
+        run_at = now + _seconds("after", options["after"], positive=False)
+    elif options.get("run_at") is not None:
+        run_at = _run_at(options["run_at"])
+    period = options.get("period")
+    if period is not None:
+        period = _seconds("period", period, positive=True)
+    node = options.get("node")
+    if node is not None and (not isinstance(node, str) or not node):
+        raise InvalidJobError(f"node must be a node name, not {node!r}")
+    max_attempt = options.get("max_attempt")
+    if max_attempt is not None and (
+        isinstance(max_attempt, bool) or not isinstance(max_attempt, int) or max_attempt < 1
+    ):
+        raise InvalidJobError(f"max_attempt must be a positive integer, not {max_attempt!r}")
+    retry_delay = options.get("retry_delay")
+    if retry_delay is not None:
+        retry_delay = _seconds("retry_delay", retry_delay, positive=False)
+    timeout = options.get("timeout")
+    if timeout is not None:
+        timeout = _seconds("timeout", timeout, positive=True)
+    defer = options.get("defer", False)
+    if not isinstance(defer, bool):
+        raise InvalidJobError(f"defer must be True or False, not {defer!r}")
+    return Job(
+        id=str(uuid.uuid4()),
+        name=name,
+        # A fresh copy made of JSON: later changes by the caller do not reach the job.
+        args=json.loads(text),
+        run_at=run_at,
+        period=period,
+        defer=defer,
+        node=node,
+        not_node=_node_names(options["not_node"]) if options.get("not_node") is not None else (),
+        max_attempt=max_attempt,
+        retry_delay=retry_delay,
+        timeout=timeout,
+        enqueued_at=now,
+    )

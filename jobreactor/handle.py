@@ -1,0 +1,84 @@
+"""What ``enqueue`` returns: the job id, a Deferred for Twisted code, a blocking wait for threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from jobreactor.errors import JobReactorError
+
+
+class JobHandle:
+    """The application's grip on one enqueued job.
+
+    ``deferred`` (reactor thread only) fires with the args of the job's final successful run,
+    or fails with :class:`~jobreactor.JobFailed` / :class:`~jobreactor.JobCancelled`. It is
+    made on first use, so an application that only uses feedbacks gets no "Unhandled error
+    in Deferred" for the jobs that fail. ``result()`` waits for the same outcome from any
+    other thread.
+    """
+
+    def __init__(self, job_id: str, name: str, cancel: Callable[[JobHandle], None]) -> None:
+        self.id = job_id
+        self.name = name
+        self._cancel = cancel
+        self._outcome: Any = None
+        self._done = threading.Event()
+        self._deferred: Deferred[dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self._done.is_set() else "pending"
+        return f"<JobHandle {self.name!r} {self.id} {state}>"
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def deferred(self) -> Deferred[dict[str, Any]]:
+        if self._deferred is None:
+            self._deferred = Deferred()
+            if self._done.is_set():
+                self._fire(self._deferred)
+        return self._deferred
+
+    def cancel(self) -> None:
+        """Ask for the job to stop: dropped if still waiting, stopped on its node otherwise.
+
+        Safe from any thread. The outcome (status ``cancelled``) arrives as usual.
+        """
+        self._cancel(self)
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block a non-reactor thread until the job is over; return its args or raise.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first. Never call this in the
+        reactor thread: it would wait for an outcome that thread has to deliver.
+        """
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.name!r} ({self.id}) did not finish in {timeout} s")
+        if isinstance(self._outcome, Failure):
+            error = self._outcome.value
+            assert isinstance(error, JobReactorError)
+            raise error
+        result: dict[str, Any] = self._outcome
+        return result
+
+    def _settle(self, outcome: dict[str, Any] | Failure) -> None:
+        """Record the final outcome (reactor thread); later calls are ignored."""
+        if self._done.is_set():
+            return
+        self._outcome = outcome
+        self._done.set()
+        if self._deferred is not None:
+            self._fire(self._deferred)
+
+    def _fire(self, deferred: Deferred[dict[str, Any]]) -> None:
+        if isinstance(self._outcome, Failure):
+            deferred.errback(self._outcome)
+        else:
+            deferred.callback(self._outcome)

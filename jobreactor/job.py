@@ -1,0 +1,230 @@
+"""The job record that travels from the distributor to a node and lives in storage.
+
+A :class:`Job` is frozen: every change of state makes a new record with
+:func:`attrs.evolve`, so a record handed to storage or to the wire never changes under
+the code that holds it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from typing import Any
+
+import attrs
+
+from jobreactor.errors import ArgsTooLargeError, InvalidJobError
+
+
+class Status(str, enum.Enum):
+    """Where a job is in its life; the values are the original's status strings."""
+
+    #: Created by ``enqueue``, not yet on a node.
+    NEW = "new"
+    #: Accepted by a node and waiting for its time (``after``, ``run_at``, a period).
+    QUEUED = "queued"
+    #: Its chain is running now.
+    IN_PROGRESS = "in progress"
+    #: Finished with success; a periodic job never gets here unless cancelled.
+    COMPLETE = "complete"
+    #: An attempt failed and another one is scheduled.
+    ERROR = "error"
+    #: The last attempt failed: no retry is left.
+    FAILED = "failed"
+    #: Ended by ``CancelJob`` or by the application through its handle.
+    CANCELLED = "cancelled"
+
+
+#: Statuses after which nothing more happens to a job.
+FINAL_STATUSES = frozenset({Status.COMPLETE, Status.FAILED, Status.CANCELLED})
+
+
+def _optional_number(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidJobError(f"{field} must be a finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def encode_args(args: Any, limit: int) -> str:
+    """Return the JSON text of ``args`` or raise :class:`InvalidJobError` saying why not.
+
+    Runs in the caller's thread at ``enqueue`` so that a bad value is reported where it was
+    made, before anything is sent.
+    """
+    if not isinstance(args, dict):
+        raise InvalidJobError(f"job args must be a dict, not {type(args).__name__}")
+    bad_keys = [key for key in args if not isinstance(key, str)]
+    if bad_keys:
+        raise InvalidJobError(f"job args keys must be strings; got {bad_keys[0]!r}")
+
+    def refuse(value: Any) -> Any:
+        raise InvalidJobError(
+            f"job args must be JSON-serializable; {type(value).__name__} value {value!r:.80} is not"
+        )
+
+    try:
+        text = json.dumps(args, default=refuse, allow_nan=False, separators=(",", ":"))
+    except ValueError as error:  # NaN/Infinity, or a circular reference
+        if isinstance(error, InvalidJobError):
+            raise
+        raise InvalidJobError(f"job args must be JSON-serializable: {error}") from None
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise ArgsTooLargeError(
+            f"job args are {size} bytes as JSON, above the limit of {limit} bytes "
+            f"(JR.config.max_args_bytes); keep large data elsewhere and pass a reference"
+        )
+    return text
+
+
+@attrs.frozen
+class Job:
+    """One job: what to run, with which args, when, where, and how it went so far.
+
+    Times are POSIX seconds (``clock.seconds()``); ``run_at`` is absolute so that a node
+    computes its own wait and a restart keeps the due time.
+    """
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    status: Status = Status.NEW
+    #: Attempts made in the current run (reset to 0 after each successful periodic run).
+    attempt: int = 0
+    #: Runs started so far; a report names its run so the distributor can drop duplicates.
+    run: int = 0
+    run_at: float | None = None
+    period: float | None = None
+    defer: bool = False
+    node: str | None = None
+    not_node: tuple[str, ...] = ()
+    max_attempt: int | None = None
+    retry_delay: float | None = None
+    timeout: float | None = None
+    failed_at: float | None = None
+    last_error: str | None = None
+    last_error_type: str | None = None
+    #: Seconds from the last save to the next start, as the original stored it.
+    make_after: float | None = None
+    #: Endpoint of the distributor that sent the job; its outcome goes back there.
+    distributor: str | None = None
+    enqueued_at: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready form used on the wire and in storage."""
+        data = attrs.asdict(self, recurse=False)
+        data["status"] = self.status.value
+        data["not_node"] = list(self.not_node)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Job:
+        """Build a job from its wire form, naming the first field that is wrong."""
+        if not isinstance(data, dict):
+            raise InvalidJobError(f"a job must be a JSON object, not {type(data).__name__}")
+        known = attrs.fields_dict(cls)
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InvalidJobError(f"unknown job field(s): {', '.join(unknown)}")
+        for required in ("id", "name", "args"):
+            if required not in data:
+                raise InvalidJobError(f"job field {required!r} is missing")
+        if not isinstance(data["id"], str) or not data["id"]:
+            raise InvalidJobError("job field 'id' must be a non-empty string")
+        if not isinstance(data["name"], str) or not data["name"]:
+            raise InvalidJobError("job field 'name' must be a non-empty string")
+        if not isinstance(data["args"], dict):
+            raise InvalidJobError("job field 'args' must be an object")
+        values = dict(data)
+        try:
+            values["status"] = Status(data.get("status", Status.NEW.value))
+        except ValueError:
+            raise InvalidJobError(f"job field 'status' is not a status: {data['status']!r}") from None
+        for field in ("attempt", "run"):
+            if not isinstance(values.get(field, 0), int) or isinstance(values.get(field), bool):
+                raise InvalidJobError(f"job field {field!r} must be an integer")
+        for field in (
+            "run_at",
+            "period",
+            "retry_delay",
+            "timeout",
+            "failed_at",
+            "make_after",
+            "enqueued_at",
+        ):
+            values[field] = _optional_number(values.get(field), f"job field {field!r}")
+        if values.get("max_attempt") is not None and (
+            not isinstance(values["max_attempt"], int) or values["max_attempt"] < 1
+        ):
+            raise InvalidJobError("job field 'max_attempt' must be a positive integer")
+        for field in ("node", "distributor", "last_error", "last_error_type"):
+            if values.get(field) is not None and not isinstance(values[field], str):
+                raise InvalidJobError(f"job field {field!r} must be a string")
+        not_node = values.get("not_node", [])
+        if not isinstance(not_node, list) or not all(isinstance(n, str) for n in not_node):
+            raise InvalidJobError("job field 'not_node' must be a list of node names")
+        values["not_node"] = tuple(not_node)
+        values["defer"] = bool(values.get("defer", False))
+        return cls(**values)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def allows(self, node_name: str) -> bool:
+        """Whether routing may send this job to ``node_name`` at all."""
+        return node_name not in self.not_node
+
+
+@attrs.frozen
+class Report:
+    """What a node tells the distributor about one job.
+
+    ``feedback`` is ``"success"``, ``"error"`` or ``None`` (nothing for the application, e.g.
+    an attempt failed and a retry is scheduled, or the job is waiting for its time: the
+    report then only frees the slot it held). ``final`` says the job is over.
+    """
+
+    job_id: str
+    run: int
+    status: Status
+    feedback: str | None
+    final: bool
+    args: dict[str, Any] = attrs.field(factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Report:
+        if not isinstance(data, dict):
+            raise InvalidJobError("a report must be a JSON object")
+        try:
+            report = cls(
+                job_id=data["job_id"],
+                run=data["run"],
+                status=Status(data["status"]),
+                feedback=data.get("feedback"),
+                final=data["final"],
+                args=data.get("args") or {},
+                error=data.get("error"),
+                error_type=data.get("error_type"),
+            )
+        except (KeyError, ValueError, TypeError) as error:
+            raise InvalidJobError(f"malformed report: {error!r}") from None
+        if (
+            not isinstance(report.job_id, str)
+            or not isinstance(report.run, int)
+            or not isinstance(report.final, bool)
+            or not isinstance(report.args, dict)
+            or report.feedback not in (None, "success", "error")
+        ):
+            raise InvalidJobError(f"malformed report for job {report.job_id!r}")
+        return report

@@ -1,0 +1,517 @@
+"""The node: takes jobs from distributors, stores them, runs each on time, reports back.
+
+Every wait is a timer on the injected clock (``callLater``); nothing polls. A job is saved
+before the node acknowledges it, and each state change is saved before the report that
+describes it is sent. Reports go back on the link to the distributor that sent the job; while
+that link is down they wait in its outbox and go out when it is back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from jobreactor.chain import AttemptOutcome, run_attempt
+from jobreactor.config import Config
+from jobreactor.definitions import JobDefinition, JobRegistry, load_jobs_directory
+from jobreactor.errors import InvalidJobError
+from jobreactor.job import Job, Report, Status
+from jobreactor.protocol import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    CancelJobs,
+    Hello,
+    JobReactorAMP,
+    JobsDone,
+    RunJobs,
+)
+from jobreactor.storage import IJobStorage, open_storage
+
+log = Logger()
+
+#: Statuses of jobs a restarted node picks up again.
+UNFINISHED = (Status.NEW, Status.QUEUED, Status.IN_PROGRESS, Status.ERROR)
+
+
+def endpoint_description(address: str | tuple[str, int]) -> str:
+    """A distributor address as a client endpoint string; ``(host, port)`` means TCP."""
+    if isinstance(address, tuple):
+        host, port = address
+        return f"tcp:host={host}:port={int(port)}"
+    if not isinstance(address, str) or ":" not in address:
+        raise ValueError(f"a distributor address is (host, port) or an endpoint string, not {address!r}")
+    return address
+
+
+class NodeProtocol(JobReactorAMP):
+    """The node's end of one distributor connection."""
+
+    def __init__(self, node: Node, link: _DistributorLink) -> None:
+        super().__init__()
+        self.node = node
+        self.link = link
+
+    @RunJobs.responder
+    def run_jobs(self, jobs: Any) -> Deferred[dict[str, Any]]:
+        return self.node._accept(self.link, jobs)
+
+    @CancelJobs.responder
+    def cancel_jobs(self, job_ids: Any) -> dict[str, Any]:
+        if not isinstance(job_ids, list):
+            raise BadMessage("job_ids must be a list of job ids")
+        return {"cancelled": self.node._cancel([str(job_id) for job_id in job_ids])}
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        super().connectionLost(reason)
+        if self.link.protocol is self:
+            self.link.protocol = None
+            log.info("lost distributor {endpoint}", endpoint=self.link.endpoint)
+
+
+@attrs.define(eq=False)
+class _DistributorLink:
+    """The node's side of one distributor: its connection and the reports waiting for it."""
+
+    endpoint: str
+    node: Node
+    service: ClientService | None = None
+    #: Set once Hello was answered; None while disconnected.
+    protocol: NodeProtocol | None = None
+    distributor_id: str | None = None
+    outbox: list[Report] = attrs.Factory(list)
+    flush_call: IDelayedCall | None = None
+
+    def send(self, report: Report) -> None:
+        self.outbox.append(report)
+        if self.flush_call is None and self.protocol is not None:
+            self.flush_call = self.node._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send the outbox in one ``JobsDone``; on a lost link keep it for the next one."""
+        self.flush_call = None
+        if self.protocol is None or not self.outbox:
+            return
+        reports, self.outbox = self.outbox, []
+        try:
+            sent: Deferred[Any] = self.protocol.callRemote(
+                JobsDone, reports=[report.to_wire() for report in reports]
+            )
+        except Exception:
+            log.failure("could not send {count} reports", count=len(reports))
+            return
+
+        def failed(failure: Failure) -> None:
+            if failure.check(internet_error.ConnectionClosed):
+                self.outbox[:0] = reports  # delivered when the link is back
+                return
+            log.failure(
+                "distributor {endpoint} refused {count} reports",
+                failure,
+                endpoint=self.endpoint,
+                count=len(reports),
+            )
+
+        sent.addErrback(failed)
+
+
+class Node(service.MultiService):
+    """A worker: dials every distributor it is given and runs the jobs they send.
+
+    ``slots`` is how many jobs it runs at once (and so how many a distributor sends it before
+    it reports); jobs waiting for their time hold no slot. ``reactor`` gives endpoints and
+    threads, ``clock`` every timer (a ``task.Clock`` in tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        distributors: Sequence[str | tuple[str, int]],
+        *,
+        storage: str | IJobStorage = "memory",
+        jobs_directory: str | None = None,
+        registry: JobRegistry | None = None,
+        slots: int | None = None,
+        config: Config | None = None,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a node needs a non-empty name, not {name!r}")
+        self.name = name
+        self.config = config if config is not None else Config()
+        self.slots = slots if slots is not None else self.config.node_slots
+        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or self.slots < 1:
+            raise ValueError(f"slots must be a positive integer, not {self.slots!r}")
+        # Loaded now so that a broken jobs file stops the node before it connects anywhere.
+        self.registry = (
+            registry
+            if registry is not None
+            else load_jobs_directory(jobs_directory or self.config.job_directory)
+        )
+        self.storage: IJobStorage = open_storage(storage)
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._links: dict[str, _DistributorLink] = {}
+        for address in distributors:
+            endpoint = endpoint_description(address)
+            self._links[endpoint] = _DistributorLink(endpoint, self)
+        self._jobs: dict[str, Job] = {}
+        self._timers: dict[str, IDelayedCall] = {}
+        self._running: dict[str, Deferred[Any]] = {}
+        self._cancelling: set[str] = set()
+        self._ready: deque[str] = deque()
+        self._threadpool = ThreadPool(
+            minthreads=0, maxthreads=self.config.thread_pool_size, name=f"jobreactor-{name}"
+        )
+        self._started: Deferred[Node] | None = None
+
+    # -- service life --------------------------------------------------------------
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        service.Service.startService(self)
+        self._threadpool.start()
+        self._started = Deferred.fromCoroutine(self._start())
+        self._started.addErrback(self._start_failed)
+
+    async def _start(self) -> Node:
+        await self.storage.open()
+        if self.config.retry_jobs_at_start:
+            for job in await self.storage.jobs_for(self.name, UNFINISHED):
+                self._hold(job)
+        for link in self._links.values():
+            link.service = ClientService(
+                clientFromString(self._reactor, link.endpoint),
+                Factory.forProtocol(lambda link=link: NodeProtocol(self, link)),
+                retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
+                clock=self._clock,
+                prepareConnection=lambda protocol, link=link: self._hello(link, protocol),
+            )
+            link.service.setServiceParent(self)
+        log.info(
+            "node {node} started with {slots} slots, jobs: {jobs}",
+            node=self.name,
+            slots=self.slots,
+            jobs=", ".join(self.registry.names()) or "(none)",
+        )
+        return self
+
+    def _start_failed(self, failure: Failure) -> Failure:
+        log.failure("node {node} could not start", failure, node=self.name)
+        return failure
+
+    def when_started(self) -> Deferred[Node]:
+        """Fire once storage is open and the distributors are being dialled."""
+        if self._started is None:
+            raise RuntimeError("start the node service first")
+        done: Deferred[Node] = Deferred()
+        self._started.addBoth(lambda result: (done.callback(result), result)[1])
+        return done
+
+    def stopService(self) -> Deferred[Any]:  # noqa: N802 - Twisted's name
+        stopping: Deferred[Any] = succeed(None)
+        if self.running:
+            stopping = service.MultiService.stopService(self) or succeed(None)
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        for link in self._links.values():
+            if link.flush_call is not None and link.flush_call.active():
+                link.flush_call.cancel()
+            link.flush_call = None
+        self._threadpool.stop()
+        return stopping.addCallback(lambda _: self.storage.close())
+
+    def connected_distributors(self) -> list[str]:
+        """Endpoints of the distributors this node has a live session with."""
+        return [link.endpoint for link in self._links.values() if link.protocol is not None]
+
+    @property
+    def held(self) -> int:
+        """Unfinished jobs this node holds (running, due, or waiting for their time)."""
+        return len(self._jobs)
+
+    def _hello(self, link: _DistributorLink, protocol: NodeProtocol) -> Deferred[Any]:
+        held = [job.id for job in self._jobs.values() if job.distributor == link.endpoint]
+        said: Deferred[Any] = protocol.callRemote(
+            Hello,
+            name=self.name,
+            slots=self.slots,
+            version=PROTOCOL_VERSION,
+            held=held,
+            credentials=None,
+        )
+
+        def welcomed(answer: dict[str, Any]) -> None:
+            link.protocol = protocol
+            link.distributor_id = answer["distributor_id"]
+            for job_id in answer.get("drop") or []:
+                self._forget(str(job_id))
+                self.storage.remove(self.name, str(job_id)).addErrback(
+                    self._log_failure, "removing job {job_id}", job_id=job_id
+                )
+            log.info("node {node} joined distributor {endpoint}", node=self.name, endpoint=link.endpoint)
+            link.flush()
+
+        def refused(failure: Failure) -> Failure:
+            log.error(
+                "distributor {endpoint} refused node {node}: {error}",
+                endpoint=link.endpoint,
+                node=self.name,
+                error=failure.getErrorMessage(),
+            )
+            return failure
+
+        return said.addCallbacks(welcomed, refused)
+
+    # -- taking jobs -------------------------------------------------------------------
+
+    def _accept(self, link: _DistributorLink, raw_jobs: Any) -> Deferred[dict[str, Any]]:
+        if not isinstance(raw_jobs, list):
+            raise BadMessage("jobs must be a list of job objects")
+        rejected: list[dict[str, Any]] = []
+        accepted: list[str] = []
+        fresh: list[Job] = []
+        for raw in raw_jobs:
+            try:
+                job = Job.from_wire(raw)
+            except InvalidJobError as error:
+                job_id = raw.get("id") if isinstance(raw, dict) else None
+                rejected.append({"id": job_id, "error": str(error), "retry": False})
+                continue
+            if job.id in self._jobs:
+                accepted.append(job.id)  # sent twice (e.g. after a reconnect): already held
+                continue
+            fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
+
+        saves = [self.storage.save(self.name, job) for job in fresh]
+
+        def stored(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+            now = self._clock.seconds()
+            parked = []
+            for job, (ok, result) in zip(fresh, results, strict=True):
+                if not ok:
+                    log.failure("could not store job {job_id}", result, job_id=job.id)
+                    rejected.append({"id": job.id, "error": "the node could not store it", "retry": True})
+                    continue
+                accepted.append(job.id)
+                if job.run_at is not None and job.run_at > now:
+                    parked.append(job.id)
+                self._hold(job)
+            return {"accepted": accepted, "parked": parked, "rejected": rejected}
+
+        return DeferredList(saves, consumeErrors=True).addCallback(stored)
+
+    def _hold(self, job: Job) -> None:
+        self._jobs[job.id] = job
+        delay = 0.0 if job.run_at is None else max(0.0, job.run_at - self._clock.seconds())
+        self._timers[job.id] = self._clock.callLater(delay, self._due, job.id)
+
+    def _due(self, job_id: str) -> None:
+        self._timers.pop(job_id, None)
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if job.run_at is not None and job.run_at > self._clock.seconds():
+            self._hold(job)  # the wall clock moved back: wait again, never run early
+            return
+        if len(self._running) >= self.slots:
+            self._ready.append(job_id)
+            return
+        self._start_attempt(job)
+
+    def _start_next_ready(self) -> None:
+        while self._ready and len(self._running) < self.slots:
+            job = self._jobs.get(self._ready.popleft())
+            if job is not None:
+                self._start_attempt(job)
+
+    # -- running -------------------------------------------------------------------
+
+    def _start_attempt(self, job: Job) -> None:
+        job = attrs.evolve(
+            job,
+            status=Status.IN_PROGRESS,
+            attempt=job.attempt + 1,
+            run=job.run + 1 if job.attempt == 0 else job.run,
+            make_after=None,
+        )
+        self._jobs[job.id] = job
+        saved = self.storage.save(self.name, job)
+        saved.addErrback(self._log_failure, "saving job {job_id}", job_id=job.id)
+        self._running[job.id] = saved
+        saved.addCallback(lambda _: self._run(job))
+
+    def _run(self, job: Job) -> None:
+        definition = self.registry.get(job.name)
+        if definition is None:
+            known = ", ".join(self.registry.names()) or "none"
+            error = f"no job named {job.name!r} is defined on node {self.name} (it has: {known})"
+            args = dict(job.args, error=error, error_type="NoSuchJob")
+            self._attempt_done(AttemptOutcome("error", args, "error", error, "NoSuchJob"), job.id, None)
+            return
+        attempt = run_attempt(
+            definition,
+            job.args,
+            clock=self._clock,
+            job_itself=self._job_itself(job) if self.config.merge_job_itself_to_args else None,
+            timeout=job.timeout if job.timeout is not None else definition.timeout,
+            threadpool=self._threadpool if job.defer else None,
+            reactor=self._reactor,
+        )
+        self._running[job.id] = attempt
+        attempt.addCallback(self._attempt_done, job.id, definition)
+        attempt.addErrback(self._log_failure, "finishing job {job_id}", job_id=job.id)
+
+    def _job_itself(self, job: Job) -> dict[str, Any]:
+        record = job.to_wire()
+        del record["args"]
+        record["node"] = self.name
+        return record
+
+    def _retry_delay(self, job: Job, definition: JobDefinition | None) -> float:
+        if job.period is not None:
+            return job.period
+        if job.retry_delay is not None:
+            return job.retry_delay
+        if definition is not None and definition.retry_delay is not None:
+            delay = definition.retry_delay
+            return float(delay(job.attempt) if callable(delay) else delay)
+        return job.attempt * float(self.config.retry_multiplier)
+
+    def _attempt_done(
+        self, outcome: AttemptOutcome, job_id: str, definition: JobDefinition | None
+    ) -> None:
+        self._running.pop(job_id, None)
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        now = self._clock.seconds()
+        if job_id in self._cancelling:
+            self._cancelling.discard(job_id)
+            self._end(attrs.evolve(job, status=Status.CANCELLED), None, outcome.args)
+        elif outcome.kind == "success" and job.period is not None:
+            after_run = attrs.evolve(
+                job, status=Status.QUEUED, attempt=0, args=outcome.args, run_at=now + job.period
+            )
+            self._keep(after_run)
+            self._report(after_run, "success", final=False, args=outcome.args)
+        elif outcome.kind == "success":
+            self._end(attrs.evolve(job, status=Status.COMPLETE, args=outcome.args), "success", outcome.args)
+        elif outcome.kind == "cancelled":
+            self._end(attrs.evolve(job, status=Status.CANCELLED), outcome.feedback, outcome.args)
+        else:
+            failed = attrs.evolve(
+                job, failed_at=now, last_error=outcome.error, last_error_type=outcome.error_type
+            )
+            limit = job.max_attempt or (definition.max_attempt if definition else None)
+            limit = limit or self.config.max_attempt
+            if definition is not None and job.attempt < limit:
+                delay = self._retry_delay(job, definition)
+                retry = attrs.evolve(failed, status=Status.ERROR, run_at=now + delay, make_after=delay)
+                self._keep(retry)
+                self._report(retry, None, final=False, args=outcome.args)
+            else:
+                self._end(
+                    attrs.evolve(failed, status=Status.FAILED),
+                    "error",
+                    outcome.args,
+                    error=outcome.error,
+                    error_type=outcome.error_type,
+                )
+        self._start_next_ready()
+
+    def _keep(self, job: Job) -> None:
+        self.storage.save(self.name, job).addErrback(
+            self._log_failure, "saving job {job_id}", job_id=job.id
+        )
+        self._hold(job)
+
+    def _end(
+        self,
+        job: Job,
+        feedback: str | None,
+        args: dict[str, Any],
+        *,
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        self._forget(job.id)
+        remove = {
+            Status.COMPLETE: self.config.remove_done_jobs,
+            Status.CANCELLED: self.config.remove_cancelled_jobs,
+            Status.FAILED: self.config.remove_failed_jobs,
+        }[job.status]
+        stored = self.storage.remove(self.name, job.id) if remove else self.storage.save(self.name, job)
+        stored.addErrback(self._log_failure, "storing the end of job {job_id}", job_id=job.id)
+        self._report(job, feedback, final=True, args=args, error=error, error_type=error_type)
+
+    def _report(
+        self,
+        job: Job,
+        feedback: str | None,
+        *,
+        final: bool,
+        args: dict[str, Any],
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        report = Report(job.id, job.run, job.status, feedback, final, args, error, error_type)
+        link = self._links.get(job.distributor or "")
+        if link is None:
+            log.warn(
+                "job {job_id} came from distributor {endpoint}, which this node no longer dials; "
+                "its outcome is dropped",
+                job_id=job.id,
+                endpoint=job.distributor,
+            )
+            return
+        link.send(report)
+
+    # -- cancelling and forgetting ---------------------------------------------------------
+
+    def _forget(self, job_id: str) -> None:
+        """Stop holding a job: no timer, no place in memory (storage is the caller's business)."""
+        self._jobs.pop(job_id, None)
+        timer = self._timers.pop(job_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancel(self, job_ids: list[str]) -> list[str]:
+        cancelled = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            cancelled.append(job_id)
+            running = self._running.get(job_id)
+            if running is not None:
+                self._cancelling.add(job_id)
+                running.cancel()  # a thread job's outcome is ignored when its thread ends
+                continue
+            if job_id in self._ready:
+                self._ready.remove(job_id)
+            self._end(attrs.evolve(job, status=Status.CANCELLED), None, job.args)
+        return cancelled
+
+    @staticmethod
+    def _log_failure(failure: Failure, what: str, **fields: Any) -> None:
+        log.failure("failure " + what, failure, **fields)

@@ -1,0 +1,237 @@
+"""``JR``: the original's entry point, for applications that are not written for Twisted.
+
+A Flask or Django process calls ``JR.run(setup)`` once: the reactor then runs in a daemon
+thread and ``JR.enqueue`` may be called from any thread. A process that is only a node or a
+distributor calls ``JR.run_forever(setup)``, which runs the reactor in the calling thread.
+Inside a Twisted application that already runs its reactor, call ``JR.start_distributor``
+/ ``JR.start_node`` / ``JR.enqueue`` from the reactor thread with no ``run`` at all.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import blockingCallFromThread
+from twisted.python import threadable
+from twisted.python.failure import Failure
+
+from jobreactor.config import Config
+from jobreactor.distributor import Distributor, Feedback, NodeInfo
+from jobreactor.enqueueing import build_job
+from jobreactor.errors import InvalidJobError, NotRunningError
+from jobreactor.handle import JobHandle
+from jobreactor.job import Job
+from jobreactor.node import Node
+from jobreactor.storage import IJobStorage
+
+
+def _listen_description(host_or_endpoint: str, port: int | None) -> str:
+    if port is None:
+        return host_or_endpoint
+    host = host_or_endpoint.replace(":", "\\:")  # IPv6 literals need escaping in endpoints
+    return f"tcp:port={int(port)}:interface={host}"
+
+
+class JobReactor:
+    """The process-wide runtime behind :data:`JR`; it holds ``config`` and the started parts."""
+
+    def __init__(self, reactor: Any = None) -> None:
+        self.config = Config()
+        self._reactor = reactor
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._setup_failure: Failure | None = None
+        self.distributor: Distributor | None = None
+        self.nodes_started: list[Node] = []
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # -- running the reactor ---------------------------------------------------------
+
+    def run(self, setup: Callable[[], Any] | None = None) -> None:
+        """Run the reactor in a daemon thread and call ``setup`` in it (the original's ``JR.run``).
+
+        Returns at once; ``wait_ready`` blocks until ``setup`` (and any Deferred it returned)
+        has finished. The reactor is stopped at interpreter exit.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("JR.run was already called: the reactor runs in its thread")
+        self._ready.clear()
+        self.reactor.callWhenRunning(self._setup, setup)
+        self._thread = threading.Thread(
+            target=self.reactor.run,
+            kwargs={"installSignalHandlers": False},
+            name="jobreactor-reactor",
+            daemon=True,
+        )
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def run_forever(self, setup: Callable[[], Any] | None = None) -> None:
+        """Run the reactor in this thread until it is stopped (the original's ``JR.run!``)."""
+        self._ready.clear()
+        self.reactor.callWhenRunning(self._setup, setup)
+        self.reactor.run()
+
+    def _setup(self, setup: Callable[[], Any] | None) -> None:
+        def done(result: Any) -> None:
+            self._ready.set()
+
+        def failed(failure: Failure) -> None:
+            self._setup_failure = failure
+            self._ready.set()
+            from twisted.logger import Logger
+
+            Logger().failure("JobReactor setup failed", failure)
+
+        if setup is None:
+            self._ready.set()
+            return
+        maybeDeferred(setup).addCallbacks(done, failed)
+
+    def ready(self) -> bool:
+        """Whether ``setup`` has finished (the original's ``JR.ready?``)."""
+        return self._ready.is_set() and self._setup_failure is None
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until ``setup`` has finished; raise its error, or ``TimeoutError``."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"JobReactor was not ready within {timeout} s")
+        if self._setup_failure is not None:
+            self._setup_failure.raiseException()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the started parts and the reactor; from any thread other than the reactor's."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+
+        def shut_down() -> None:
+            if self.reactor.running:
+                self.reactor.stop()
+
+        self.reactor.callFromThread(shut_down)
+        thread.join(timeout)
+
+    # -- starting parts ----------------------------------------------------------------
+
+    def start_distributor(
+        self, host_or_endpoint: str = "localhost", port: int | None = 5000
+    ) -> Deferred[Distributor]:
+        """Start a distributor listening on ``host:port`` (or a server endpoint string).
+
+        Call in the reactor thread (``setup`` runs there). Fires once it listens.
+        """
+        distributor = Distributor(
+            _listen_description(host_or_endpoint, port), config=self.config, reactor=self.reactor
+        )
+        distributor.startService()
+        self.distributor = distributor
+        self.reactor.addSystemEventTrigger("before", "shutdown", distributor.stopService)
+        return distributor.when_listening()
+
+    def start_node(
+        self,
+        name: str,
+        *,
+        distributors: list[str | tuple[str, int]],
+        storage: str | IJobStorage = "memory",
+        jobs_directory: str | None = None,
+        slots: int | None = None,
+    ) -> Deferred[Node]:
+        """Start a node that dials ``distributors``; fires once it is started.
+
+        The jobs directory is loaded first: a broken jobs file raises here, naming the file,
+        the line and the error.
+        """
+        node = Node(
+            name,
+            distributors,
+            storage=storage,
+            jobs_directory=jobs_directory,
+            slots=slots,
+            config=self.config,
+            reactor=self.reactor,
+        )
+        node.startService()
+        self.nodes_started.append(node)
+        self.reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
+        return node.when_started()
+
+    # -- the application's calls -------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Queue a job from any thread; return its handle at once.
+
+        Everything is checked here, in the caller's thread: a bad name, args or option
+        raises :class:`InvalidJobError` before anything is sent. The feedbacks run later in
+        the reactor thread, with the args as the node left them.
+        """
+        distributor = self.distributor
+        if distributor is None:
+            raise NotRunningError("no distributor: call JR.start_distributor first")
+        for feedback in (success, error):
+            if feedback is not None and not callable(feedback):
+                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        job = build_job(
+            name,
+            args,
+            options,
+            now=self.reactor.seconds(),
+            max_args_bytes=self.config.max_args_bytes,
+        )
+        handle = distributor.new_handle(job, cancel=self._cancel)
+        self._call_in_reactor(self._submit, distributor, job, success, error, handle)
+        return handle
+
+    @staticmethod
+    def _submit(
+        distributor: Distributor,
+        job: Job,
+        success: Feedback | None,
+        error: Feedback | None,
+        handle: JobHandle,
+    ) -> None:
+        distributor.submit(job, success=success, error=error, handle=handle)
+
+    def _cancel(self, handle: JobHandle) -> None:
+        if self.distributor is not None:
+            self._call_in_reactor(self.distributor.cancel, handle)
+
+    def nodes(self) -> list[NodeInfo]:
+        """The nodes connected to this process's distributor, with their load; any thread."""
+        distributor = self.distributor
+        if distributor is None:
+            raise NotRunningError("no distributor: call JR.start_distributor first")
+        if threadable.isInIOThread() or not self.reactor.running:
+            return distributor.nodes()
+        result: list[NodeInfo] = blockingCallFromThread(self.reactor, distributor.nodes)
+        return result
+
+    def _call_in_reactor(self, function: Callable[..., Any], *args: Any) -> None:
+        if threadable.isInIOThread():
+            function(*args)
+        else:
+            self.reactor.callFromThread(function, *args)
+
+
+#: The process-wide runtime, named as in the original.
+JR = JobReactor()

@@ -1,0 +1,43 @@
+"""Storage in the node's memory: the fastest, and nothing survives the process."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from jobreactor.job import Job, Status
+from jobreactor.storage.base import IJobStorage
+
+
+@implementer(IJobStorage)
+@attrs.define
+class MemoryStorage:
+    """Jobs in a dict per node; every Deferred has already fired."""
+
+    _jobs: dict[str, dict[str, Job]] = attrs.Factory(dict)
+
+    def open(self) -> Deferred[None]:
+        return succeed(None)
+
+    def save(self, node: str, job: Job) -> Deferred[None]:
+        self._jobs.setdefault(node, {})[job.id] = job
+        return succeed(None)
+
+    def load(self, node: str, job_id: str) -> Deferred[Job | None]:
+        return succeed(self._jobs.get(node, {}).get(job_id))
+
+    def remove(self, node: str, job_id: str) -> Deferred[None]:
+        self._jobs.get(node, {}).pop(job_id, None)
+        return succeed(None)
+
+    def jobs_for(self, node: str, statuses: Collection[Status] | None = None) -> Deferred[list[Job]]:
+        jobs = list(self._jobs.get(node, {}).values())
+        if statuses is not None:
+            jobs = [job for job in jobs if job.status in statuses]
+        return succeed(jobs)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
