@@ -20,7 +20,7 @@ from jobreactor.errors import (
     NotRunningError,
 )
 from jobreactor.handle import JobHandle
-from jobreactor.job import Job, Status
+from jobreactor.model import Job, Status
 from jobreactor.node import Node
 from jobreactor.runtime import JR, JobReactor
 

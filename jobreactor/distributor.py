@@ -28,7 +28,7 @@ from jobreactor.config import Config
 from jobreactor.enqueueing import build_job
 from jobreactor.errors import InvalidJobError, JobCancelled, JobFailed
 from jobreactor.handle import JobHandle
-from jobreactor.job import Job, Report, Status
+from jobreactor.model import Job, Report, Status
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from jobreactor.errors import InvalidJobError
-from jobreactor.job import Job, encode_args
+from jobreactor.model import Job, encode_args
 
 #: The options ``enqueue`` understands; anything else is refused by name.
 ENQUEUE_OPTIONS = frozenset(

@@ -28,7 +28,7 @@ from jobreactor.chain import AttemptOutcome, run_attempt
 from jobreactor.config import Config
 from jobreactor.definitions import JobDefinition, JobRegistry, load_jobs_directory
 from jobreactor.errors import InvalidJobError
-from jobreactor.job import Job, Report, Status
+from jobreactor.model import Job, Report, Status
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,

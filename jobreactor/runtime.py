@@ -24,7 +24,7 @@ from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job
 from jobreactor.errors import InvalidJobError, NotRunningError
 from jobreactor.handle import JobHandle
-from jobreactor.job import Job
+from jobreactor.model import Job
 from jobreactor.node import Node
 from jobreactor.storage import IJobStorage
 

@@ -7,7 +7,7 @@ from collections.abc import Collection
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from jobreactor.job import Job, Status
+from jobreactor.model import Job, Status
 
 
 class IJobStorage(Interface):  # type: ignore[misc]

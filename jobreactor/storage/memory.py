@@ -8,7 +8,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from jobreactor.job import Job, Status
+from jobreactor.model import Job, Status
 from jobreactor.storage.base import IJobStorage
 
 
