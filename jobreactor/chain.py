@@ -59,10 +59,14 @@ def _call_step(function: JobFunction, args: Args) -> Any:
     return _merge(result, args)
 
 
+def _call_step_with(args: Args, step: JobFunction) -> Any:
+    return _call_step(step, args)
+
+
 def _chain(steps: Sequence[JobFunction], args: Args) -> Deferred[Args]:
     chain: Deferred[Args] = Deferred()
     for step in steps:
-        chain.addCallback(lambda current, step=step: _call_step(step, current))
+        chain.addCallback(_call_step_with, step)
     chain.callback(args)
     return chain
 

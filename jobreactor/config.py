@@ -15,12 +15,16 @@ def _check(kind: type | tuple[type, ...], *, minimum: float | None = None) -> An
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         wants_number = kind in (int, float) or kind == (int, float)
         if (wants_number and isinstance(value, bool)) or not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
             raise ConfigError(
                 f"JR.config.{attribute.name} must be {names}, not {type(value).__name__} {value!r}"
             )
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"JR.config.{attribute.name} must be at least {minimum}, not {value!r}")
+        if minimum is not None and value < minimum:  # type: ignore[operator]
+            raise ConfigError(
+                f"JR.config.{attribute.name} must be at least {minimum}, not {value!r}"
+            )
 
     return validate
 

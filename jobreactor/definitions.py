@@ -164,14 +164,18 @@ def load_jobs_directory(directory: str | Path) -> JobRegistry:
     """
     root = Path(directory)
     if not root.is_dir():
-        raise JobDefinitionError(f"jobs directory {str(root)!r} does not exist or is not a directory")
+        raise JobDefinitionError(
+            f"jobs directory {str(root)!r} does not exist or is not a directory"
+        )
     registry = JobRegistry()
     package = f"_jobreactor_jobs_{uuid.uuid4().hex}"
     with registering_into(registry):
         for path in sorted(root.rglob("*.py")):
             if any(part.startswith(".") or part == "__pycache__" for part in path.parts):
                 continue
-            _import_file(path, f"{package}.{'_'.join(path.relative_to(root).with_suffix('').parts)}")
+            _import_file(
+                path, f"{package}.{'_'.join(path.relative_to(root).with_suffix('').parts)}"
+            )
     registry.check_complete()
     return registry
 
@@ -192,8 +196,8 @@ def _import_file(path: Path, module_name: str) -> None:
         if isinstance(error, SyntaxError):
             line = error.lineno
         else:
-            frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)]
+            frames = [
+                f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)
+            ]
             line = frames[-1].lineno if frames else None
-        raise JobDefinitionError(
-            f"{path}, line {line}: {type(error).__name__}: {error}"
-        ) from error
+        raise JobDefinitionError(f"{path}, line {line}: {type(error).__name__}: {error}") from error

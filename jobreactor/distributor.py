@@ -19,8 +19,8 @@ from twisted.application import service
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorCore, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -110,7 +110,7 @@ class DistributorProtocol(JobReactorAMP):
         self.distributor._reports(self.link, reports)
         return {}
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.link is not None:
             self.distributor._node_lost(self.link)
@@ -151,7 +151,7 @@ class Distributor(service.Service):
 
     # -- service life --------------------------------------------------------------
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         super().startService()
         endpoint = serverFromString(self._reactor, self.listen)
         factory = Factory.forProtocol(lambda: DistributorProtocol(self))
@@ -168,9 +168,15 @@ class Distributor(service.Service):
         if self._listening is None:
             raise RuntimeError("start the distributor service first")
         done: Deferred[Distributor] = Deferred()
-        self._listening.addCallbacks(
-            lambda port: (done.callback(self), port)[1], lambda f: (done.errback(f), None)[1]
-        )
+
+        def listened(port: IListeningPort) -> IListeningPort:
+            done.callback(self)
+            return port
+
+        def failed(failure: Failure) -> None:
+            done.errback(failure)
+
+        self._listening.addCallbacks(listened, failed)
         return done
 
     @property
@@ -178,7 +184,7 @@ class Distributor(service.Service):
         """The listening address (``.host``, ``.port``), once listening."""
         return self._port.getHost() if self._port is not None else None
 
-    def stopService(self) -> Deferred[None] | None:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         for timer in [self._dispatch_call, *self._grace_timers.values()]:
             if timer is not None and timer.active():
@@ -349,7 +355,7 @@ class Distributor(service.Service):
         for job_id in answer.get("parked") or []:
             link.load.discard(job_id)
         for refusal in answer.get("rejected") or []:
-            entry = self._owned.get(refusal.get("id")) if isinstance(refusal, dict) else None
+            entry = self._owned.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
             if entry is None:
                 continue
             link.load.discard(entry.job.id)
@@ -357,21 +363,29 @@ class Distributor(service.Service):
             args = dict(entry.job.args, error=message, error_type="RejectedByNode")
             self._finish_with_report(
                 entry,
-                Report(entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message),
+                Report(
+                    entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message
+                ),
             )
         self._schedule_dispatch()
 
     def _send_failed(self, failure: Failure, link: _NodeLink, batch: list[_Entry]) -> None:
         if failure.check(internet_error.ConnectionClosed):
             return  # _node_lost puts the jobs back
-        log.failure("node {node} could not take {count} jobs", failure, node=link.name, count=len(batch))
+        log.failure(
+            "node {node} could not take {count} jobs", failure, node=link.name, count=len(batch)
+        )
         for entry in batch:
             link.load.discard(entry.job.id)
-            message = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            message = (
+                f"{failure.type.__name__ if failure.type else 'Error'}: {failure.getErrorMessage()}"
+            )
             args = dict(entry.job.args, error=message, error_type="DispatchFailed")
             self._finish_with_report(
                 entry,
-                Report(entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message),
+                Report(
+                    entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message
+                ),
             )
 
     # -- nodes --------------------------------------------------------------------
@@ -519,10 +533,8 @@ class Distributor(service.Service):
             )
             return
         if isinstance(result, Deferred):
-            result.addErrback(
-                self._log_failure, "feedback of job {job_id}", job_id=entry.job.id
-            )
+            result.addErrback(self._log_failure, "feedback of job {job_id}", job_id=entry.job.id)
 
     @staticmethod
-    def _log_failure(failure: Failure, what: str, **fields: Any) -> None:
+    def _log_failure(failure: Failure, /, what: str, **fields: Any) -> None:
         log.failure("failure " + what, failure, **fields)

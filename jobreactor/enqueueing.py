@@ -16,7 +16,17 @@ from jobreactor.model import Job, encode_args
 
 #: The options ``enqueue`` understands; anything else is refused by name.
 ENQUEUE_OPTIONS = frozenset(
-    {"after", "run_at", "period", "defer", "node", "not_node", "max_attempt", "retry_delay", "timeout"}
+    {
+        "after",
+        "run_at",
+        "period",
+        "defer",
+        "node",
+        "not_node",
+        "max_attempt",
+        "retry_delay",
+        "timeout",
+    }
 )
 
 
@@ -26,7 +36,9 @@ def _seconds(name: str, value: Any, *, positive: bool) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise InvalidJobError(f"{name} must be a finite number of seconds, not {value!r}")
     if value < 0 or (positive and value == 0):
-        raise InvalidJobError(f"{name} must be {'above' if positive else 'at least'} 0, not {value!r}")
+        raise InvalidJobError(
+            f"{name} must be {'above' if positive else 'at least'} 0, not {value!r}"
+        )
     return float(value)
 
 
@@ -53,7 +65,12 @@ def _node_names(value: Any) -> tuple[str, ...]:
 
 
 def build_job(
-    name: str, args: dict[str, Any] | None, options: dict[str, Any], *, now: float, max_args_bytes: int
+    name: str,
+    args: dict[str, Any] | None,
+    options: dict[str, Any],
+    *,
+    now: float,
+    max_args_bytes: int,
 ) -> Job:
     """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh uuid4).
 

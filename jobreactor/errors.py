@@ -29,7 +29,7 @@ class NotRunningError(JobReactorError):
     """The call needs a distributor or reactor that has not been started (or was stopped)."""
 
 
-class CancelJob(Exception):  # noqa: N818 - the original's name, kept for users of JobReactor
+class CancelJob(Exception):
     """Raised inside a job, callback or errback to end the job (a periodic one for good).
 
     Raised in the job or a callback, the job ends as cancelled and the *success* feedback

@@ -1,4 +1,4 @@
-"""What ``enqueue`` returns: the job id, a Deferred for Twisted code, a blocking wait for threads."""
+"""What ``enqueue`` returns: the job id, a Deferred for Twisted code, a blocking wait."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import attrs
 from jobreactor.errors import ArgsTooLargeError, InvalidJobError
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Where a job is in its life; the values are the original's status strings."""
 
     #: Created by ``enqueue``, not yet on a node.
@@ -142,7 +142,9 @@ class Job:
         try:
             values["status"] = Status(data.get("status", Status.NEW.value))
         except ValueError:
-            raise InvalidJobError(f"job field 'status' is not a status: {data['status']!r}") from None
+            raise InvalidJobError(
+                f"job field 'status' is not a status: {data['status']!r}"
+            ) from None
         for field in ("attempt", "run"):
             if not isinstance(values.get(field, 0), int) or isinstance(values.get(field), bool):
                 raise InvalidJobError(f"job field {field!r} must be an integer")

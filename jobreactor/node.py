@@ -8,6 +8,7 @@ that link is down they wait in its outbox and go out when it is back.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -52,8 +53,21 @@ def endpoint_description(address: str | tuple[str, int]) -> str:
         host, port = address
         return f"tcp:host={host}:port={int(port)}"
     if not isinstance(address, str) or ":" not in address:
-        raise ValueError(f"a distributor address is (host, port) or an endpoint string, not {address!r}")
+        raise ValueError(
+            f"a distributor address is (host, port) or an endpoint string, not {address!r}"
+        )
     return address
+
+
+class _NodeProtocolFactory(Factory):
+    def __init__(self, node: Node, link: _DistributorLink) -> None:
+        self.node = node
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> NodeProtocol:
+        protocol = NodeProtocol(self.node, self.link)
+        protocol.factory = self
+        return protocol
 
 
 class NodeProtocol(JobReactorAMP):
@@ -74,7 +88,7 @@ class NodeProtocol(JobReactorAMP):
             raise BadMessage("job_ids must be a list of job ids")
         return {"cancelled": self.node._cancel([str(job_id) for job_id in job_ids])}
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.link.protocol is self:
             self.link.protocol = None
@@ -156,6 +170,7 @@ class Node(service.MultiService):
         if not isinstance(name, str) or not name:
             raise ValueError(f"a node needs a non-empty name, not {name!r}")
         self.name = name
+        self.node_name: str = name  # Service.name is typed Optional; storage wants a str
         self.config = config if config is not None else Config()
         self.slots = slots if slots is not None else self.config.node_slots
         if isinstance(self.slots, bool) or not isinstance(self.slots, int) or self.slots < 1:
@@ -181,11 +196,12 @@ class Node(service.MultiService):
         self._threadpool = ThreadPool(
             minthreads=0, maxthreads=self.config.thread_pool_size, name=f"jobreactor-{name}"
         )
-        self._started: Deferred[Node] | None = None
+        self._started: Deferred[Node | None] | None = None
+        self._start_failure: Failure | None = None
 
     # -- service life --------------------------------------------------------------
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         service.Service.startService(self)
         self._threadpool.start()
         self._started = Deferred.fromCoroutine(self._start())
@@ -194,15 +210,15 @@ class Node(service.MultiService):
     async def _start(self) -> Node:
         await self.storage.open()
         if self.config.retry_jobs_at_start:
-            for job in await self.storage.jobs_for(self.name, UNFINISHED):
+            for job in await self.storage.jobs_for(self.node_name, UNFINISHED):
                 self._hold(job)
         for link in self._links.values():
             link.service = ClientService(
                 clientFromString(self._reactor, link.endpoint),
-                Factory.forProtocol(lambda link=link: NodeProtocol(self, link)),
+                _NodeProtocolFactory(self, link),
                 retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
                 clock=self._clock,
-                prepareConnection=lambda protocol, link=link: self._hello(link, protocol),
+                prepareConnection=functools.partial(self._hello, link),
             )
             link.service.setServiceParent(self)
         log.info(
@@ -213,19 +229,27 @@ class Node(service.MultiService):
         )
         return self
 
-    def _start_failed(self, failure: Failure) -> Failure:
+    def _start_failed(self, failure: Failure) -> None:
         log.failure("node {node} could not start", failure, node=self.name)
-        return failure
+        self._start_failure = failure  # handed to every when_started caller
 
     def when_started(self) -> Deferred[Node]:
         """Fire once storage is open and the distributors are being dialled."""
         if self._started is None:
             raise RuntimeError("start the node service first")
         done: Deferred[Node] = Deferred()
-        self._started.addBoth(lambda result: (done.callback(result), result)[1])
+
+        def relay(result: Any) -> Any:
+            if self._start_failure is not None:
+                done.errback(self._start_failure)
+            else:
+                done.callback(self)
+            return result
+
+        self._started.addBoth(relay)
         return done
 
-    def stopService(self) -> Deferred[Any]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[Any]:
         stopping: Deferred[Any] = succeed(None)
         if self.running:
             stopping = service.MultiService.stopService(self) or succeed(None)
@@ -265,10 +289,12 @@ class Node(service.MultiService):
             link.distributor_id = answer["distributor_id"]
             for job_id in answer.get("drop") or []:
                 self._forget(str(job_id))
-                self.storage.remove(self.name, str(job_id)).addErrback(
+                self.storage.remove(self.node_name, str(job_id)).addErrback(
                     self._log_failure, "removing job {job_id}", job_id=job_id
                 )
-            log.info("node {node} joined distributor {endpoint}", node=self.name, endpoint=link.endpoint)
+            log.info(
+                "node {node} joined distributor {endpoint}", node=self.name, endpoint=link.endpoint
+            )
             link.flush()
 
         def refused(failure: Failure) -> Failure:
@@ -302,7 +328,7 @@ class Node(service.MultiService):
                 continue
             fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
 
-        saves = [self.storage.save(self.name, job) for job in fresh]
+        saves = [self.storage.save(self.node_name, job) for job in fresh]
 
         def stored(results: list[tuple[bool, Any]]) -> dict[str, Any]:
             now = self._clock.seconds()
@@ -310,7 +336,9 @@ class Node(service.MultiService):
             for job, (ok, result) in zip(fresh, results, strict=True):
                 if not ok:
                     log.failure("could not store job {job_id}", result, job_id=job.id)
-                    rejected.append({"id": job.id, "error": "the node could not store it", "retry": True})
+                    rejected.append(
+                        {"id": job.id, "error": "the node could not store it", "retry": True}
+                    )
                     continue
                 accepted.append(job.id)
                 if job.run_at is not None and job.run_at > now:
@@ -355,7 +383,7 @@ class Node(service.MultiService):
             make_after=None,
         )
         self._jobs[job.id] = job
-        saved = self.storage.save(self.name, job)
+        saved = self.storage.save(self.node_name, job)
         saved.addErrback(self._log_failure, "saving job {job_id}", job_id=job.id)
         self._running[job.id] = saved
         saved.addCallback(lambda _: self._run(job))
@@ -366,7 +394,9 @@ class Node(service.MultiService):
             known = ", ".join(self.registry.names()) or "none"
             error = f"no job named {job.name!r} is defined on node {self.name} (it has: {known})"
             args = dict(job.args, error=error, error_type="NoSuchJob")
-            self._attempt_done(AttemptOutcome("error", args, "error", error, "NoSuchJob"), job.id, None)
+            self._attempt_done(
+                AttemptOutcome("error", args, "error", error, "NoSuchJob"), job.id, None
+            )
             return
         attempt = run_attempt(
             definition,
@@ -415,7 +445,11 @@ class Node(service.MultiService):
             self._keep(after_run)
             self._report(after_run, "success", final=False, args=outcome.args)
         elif outcome.kind == "success":
-            self._end(attrs.evolve(job, status=Status.COMPLETE, args=outcome.args), "success", outcome.args)
+            self._end(
+                attrs.evolve(job, status=Status.COMPLETE, args=outcome.args),
+                "success",
+                outcome.args,
+            )
         elif outcome.kind == "cancelled":
             self._end(attrs.evolve(job, status=Status.CANCELLED), outcome.feedback, outcome.args)
         else:
@@ -426,7 +460,9 @@ class Node(service.MultiService):
             limit = limit or self.config.max_attempt
             if definition is not None and job.attempt < limit:
                 delay = self._retry_delay(job, definition)
-                retry = attrs.evolve(failed, status=Status.ERROR, run_at=now + delay, make_after=delay)
+                retry = attrs.evolve(
+                    failed, status=Status.ERROR, run_at=now + delay, make_after=delay
+                )
                 self._keep(retry)
                 self._report(retry, None, final=False, args=outcome.args)
             else:
@@ -440,7 +476,7 @@ class Node(service.MultiService):
         self._start_next_ready()
 
     def _keep(self, job: Job) -> None:
-        self.storage.save(self.name, job).addErrback(
+        self.storage.save(self.node_name, job).addErrback(
             self._log_failure, "saving job {job_id}", job_id=job.id
         )
         self._hold(job)
@@ -460,7 +496,11 @@ class Node(service.MultiService):
             Status.CANCELLED: self.config.remove_cancelled_jobs,
             Status.FAILED: self.config.remove_failed_jobs,
         }[job.status]
-        stored = self.storage.remove(self.name, job.id) if remove else self.storage.save(self.name, job)
+        stored = (
+            self.storage.remove(self.node_name, job.id)
+            if remove
+            else self.storage.save(self.node_name, job)
+        )
         stored.addErrback(self._log_failure, "storing the end of job {job_id}", job_id=job.id)
         self._report(job, feedback, final=True, args=args, error=error, error_type=error_type)
 
@@ -513,5 +553,5 @@ class Node(service.MultiService):
         return cancelled
 
     @staticmethod
-    def _log_failure(failure: Failure, what: str, **fields: Any) -> None:
+    def _log_failure(failure: Failure, /, what: str, **fields: Any) -> None:
         log.failure("failure " + what, failure, **fields)

@@ -57,7 +57,9 @@ class JSON(amp.Argument):
         data = json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
         chunks = [data[i : i + AMP_VALUE_LIMIT] for i in range(0, len(data), AMP_VALUE_LIMIT)]
         if len(chunks) > MAX_JSON_CHUNKS:
-            raise BadMessage(f"{name.decode()} is {len(data)} bytes as JSON, above the 16 MiB limit")
+            raise BadMessage(
+                f"{name.decode()} is {len(data)} bytes as JSON, above the 16 MiB limit"
+            )
         strings[name] = chunks[0]
         for index, chunk in enumerate(chunks[1:], start=2):
             strings[name + b"." + str(index).encode("ascii")] = chunk
@@ -158,7 +160,7 @@ class JobsDone(amp.Command):
     """Node to distributor: what happened to these jobs (a list of report objects)."""
 
     arguments = [(b"reports", JSON())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []  # type: ignore[var-annotated]
     errors = dict(_COMMON_ERRORS)
 
 

@@ -33,7 +33,9 @@ class MemoryStorage:
         self._jobs.get(node, {}).pop(job_id, None)
         return succeed(None)
 
-    def jobs_for(self, node: str, statuses: Collection[Status] | None = None) -> Deferred[list[Job]]:
+    def jobs_for(
+        self, node: str, statuses: Collection[Status] | None = None
+    ) -> Deferred[list[Job]]:
         jobs = list(self._jobs.get(node, {}).values())
         if statuses is not None:
             jobs = [job for job in jobs if job.status in statuses]

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The quick start: a distributor and two node processes on loopback, memory storage.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/bootstrap.sh
+exec .venv/bin/python examples/quickstart/demo.py

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Make .venv with jobreactor (editable) and its test and dev tools; with --redis, also make
+# sure redis-server is on the machine (tests start their own on a free port).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+# A stamp keeps re-runs fast: reinstall only when the package metadata changed.
+stamp=.venv/.jobreactor-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+    # compat mode puts the repository on sys.path, so twistd finds twisted/plugins/.
+    .venv/bin/python -m pip install --quiet -e '.[test,dev]' --config-settings editable_mode=compat \
+        2>&1 | grep -v '^WARNING: Location' || true
+    .venv/bin/python -c 'import jobreactor, pytest_twisted, txredisapi' 
+    touch "$stamp"
+fi
+
+if [ "${1:-}" = "--redis" ] && ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server is missing: installing Debian's redis-server package" >&2
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system Redis on 6379; the tests do not need it.
+fi
