@@ -69,6 +69,9 @@ class Config:
     max_args_bytes: int = attrs.field(default=1024 * 1024, validator=_check(int, minimum=1024))
     #: Seconds a distributor keeps a lost node's jobs before giving them to another node.
     node_grace_period: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0))
+    #: Seconds a new connection may take to say ``Hello`` before the distributor closes it
+    #: (a port scanner or a stray client sending garbage does not hold a connection open).
+    hello_timeout: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0.001))
 
     def __getitem__(self, name: str) -> Any:
         self._known(name)

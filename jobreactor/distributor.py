@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
@@ -96,6 +96,23 @@ class DistributorProtocol(JobReactorAMP):
         super().__init__()
         self.distributor = distributor
         self.link: _NodeLink | None = None
+        self._hello_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._hello_timer = self.distributor._clock.callLater(
+            self.distributor.config.hello_timeout, self._no_hello
+        )
+
+    def _no_hello(self) -> None:
+        self._hello_timer = None
+        log.warn(
+            "closing connection from {peer}: no Hello within {seconds} s",
+            peer=self.transport.getPeer() if self.transport else None,
+            seconds=self.distributor.config.hello_timeout,
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     @Hello.responder
     def hello(
@@ -112,12 +129,18 @@ class DistributorProtocol(JobReactorAMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._hello_timer = None
         if self.link is not None:
             self.distributor._node_lost(self.link)
 
 
 class Distributor(service.Service):
     """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
+
+    ``listen=None`` opens no port: nodes are then joined in memory (see
+    :mod:`jobreactor.testing`).
 
     Call its methods in the reactor thread; :data:`jobreactor.JR` does the thread hop for
     applications that run the reactor in a background thread. Feedbacks run in the reactor
@@ -126,7 +149,7 @@ class Distributor(service.Service):
 
     def __init__(
         self,
-        listen: str,
+        listen: str | None,
         *,
         config: Config | None = None,
         reactor: Any = None,
@@ -148,15 +171,39 @@ class Distributor(service.Service):
         self._dispatch_call: IDelayedCall | None = None
         self._port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
+        self._node_waiters: list[tuple[tuple[int, frozenset[str]], Deferred[list[NodeInfo]]]] = []
 
     # -- service life --------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        if self.listen is None:
+            self._listening = succeed(None)  # type: ignore[arg-type]
+            return
         endpoint = serverFromString(self._reactor, self.listen)
         factory = Factory.forProtocol(lambda: DistributorProtocol(self))
         self._listening = endpoint.listen(factory)
         self._listening.addCallback(self._listened)
+
+    def when_nodes(self, count: int = 1, names: Iterable[str] = ()) -> Deferred[list[NodeInfo]]:
+        """Fire with :meth:`nodes` once at least ``count`` nodes, ``names`` among them, are here.
+
+        Lets an application or a test wait for workers without polling; bound the wait with
+        ``addTimeout``.
+        """
+        wanted = (count, frozenset(names))
+        waiter: Deferred[list[NodeInfo]] = Deferred(lambda d: self._node_waiters.remove(pair))
+        pair = (wanted, waiter)
+        self._node_waiters.append(pair)
+        self._check_node_waiters()
+        return waiter
+
+    def _check_node_waiters(self) -> None:
+        for pair in list(self._node_waiters):
+            (count, names), waiter = pair
+            if len(self._links) >= count and names <= self._links.keys():
+                self._node_waiters.remove(pair)
+                waiter.callback(self.nodes())
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self._port = port
@@ -405,6 +452,9 @@ class Distributor(service.Service):
             raise BadMessage("held must be a list of job ids")
         if name in self._links:
             raise DuplicateNodeName(f"a node named {name!r} is already connected")
+        if protocol._hello_timer is not None and protocol._hello_timer.active():
+            protocol._hello_timer.cancel()
+        protocol._hello_timer = None
         link = _NodeLink(name=name, slots=slots, protocol=protocol)
         self._links[name] = link
         protocol.link = link
@@ -429,6 +479,7 @@ class Distributor(service.Service):
             held=len(held_ids) - len(drop),
         )
         self._schedule_dispatch()
+        self._clock.callLater(0, self._check_node_waiters)
         return {"distributor_id": self.id, "version": PROTOCOL_VERSION, "drop": drop}
 
     def _node_lost(self, link: _NodeLink) -> None:
