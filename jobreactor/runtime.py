@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python import threadable
@@ -225,6 +226,30 @@ class JobReactor:
             return distributor.nodes()
         result: list[NodeInfo] = blockingCallFromThread(self.reactor, distributor.nodes)
         return result
+
+    def wait_for_nodes(
+        self, count: int = 1, names: list[str] | tuple[str, ...] = (), timeout: float = 30
+    ) -> list[NodeInfo]:
+        """Block a non-reactor thread until ``count`` nodes (``names`` among them) are connected.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds. Jobs enqueued before a node is there
+        simply wait for it; this is for start-up scripts and tests that want to know.
+        """
+        distributor = self.distributor
+        if distributor is None:
+            raise NotRunningError("no distributor: call JR.start_distributor first")
+        if threadable.isInIOThread():
+            raise RuntimeError("wait_for_nodes blocks: in the reactor thread use when_nodes()")
+
+        def wait() -> Deferred[list[NodeInfo]]:
+            assert distributor is not None
+            return distributor.when_nodes(count, names).addTimeout(timeout, self.reactor)
+
+        try:
+            nodes: list[NodeInfo] = blockingCallFromThread(self.reactor, wait)
+        except defer.TimeoutError:
+            raise TimeoutError(f"fewer than {count} nodes connected within {timeout} s") from None
+        return nodes
 
     def _call_in_reactor(self, function: Callable[..., Any], *args: Any) -> None:
         if threadable.isInIOThread():
