@@ -536,7 +536,19 @@ class Distributor(service.Service):
                 )
                 return
             entry.last_run = report.run
-        entry.job = attrs.evolve(entry.job, status=report.status, run=report.run, args=report.args)
+        if report.final:
+            entry.job = attrs.evolve(entry.job, status=report.status, run=report.run, args=report.args)
+        else:
+            # The job goes on at its node; keep what a re-route would need. A retry starts
+            # again from the attempt's starting args, a periodic run from the args it left.
+            entry.job = attrs.evolve(
+                entry.job,
+                status=report.status,
+                run=report.run,
+                attempt=report.attempt,
+                run_at=report.run_at,
+                args=report.args if report.feedback == "success" else entry.job.args,
+            )
         if report.final:
             self._finish_with_report(entry, report)
         elif report.feedback is not None:

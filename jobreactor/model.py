@@ -43,9 +43,43 @@ FINAL_STATUSES = frozenset({Status.COMPLETE, Status.FAILED, Status.CANCELLED})
 def _optional_number(value: Any, field: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidJobError(f"{field} must be a finite number of seconds, not {value!r}")
-    return float(value)
+    try:
+        # float() of an int too large for a float (valid JSON) raises OverflowError.
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or not isinstance(value, (int, float)) or not math.isfinite(number):
+        raise InvalidJobError(f"{field} must be a finite number of seconds, not {value!r:.40}")
+    return number
+
+
+def _check_keys(args: dict[str, Any]) -> None:
+    """Refuse a key that is not a string, at any depth.
+
+    ``json.dumps`` would silently turn ``1``, ``True`` or ``None`` keys into strings (so the
+    job would see other keys than the caller gave) and fail with a bare ``TypeError`` on
+    others; the message names the path of the key instead.
+    """
+    pending: list[tuple[str, Any]] = [("args", args)]
+    seen: set[int] = set()
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            if id(value) in seen:
+                continue  # a circular reference: json.dumps reports it
+            seen.add(id(value))
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidJobError(
+                        f"job args keys must be strings; {path} has the "
+                        f"{type(key).__name__} key {key!r}"
+                    )
+                pending.append((f"{path}[{key!r}]", item))
+        elif isinstance(value, (list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
 
 
 def encode_args(args: Any, limit: int) -> str:
@@ -56,9 +90,7 @@ def encode_args(args: Any, limit: int) -> str:
     """
     if not isinstance(args, dict):
         raise InvalidJobError(f"job args must be a dict, not {type(args).__name__}")
-    bad_keys = [key for key in args if not isinstance(key, str)]
-    if bad_keys:
-        raise InvalidJobError(f"job args keys must be strings; got {bad_keys[0]!r}")
+    _check_keys(args)
 
     def refuse(value: Any) -> Any:
         raise InvalidJobError(
@@ -71,6 +103,8 @@ def encode_args(args: Any, limit: int) -> str:
         if isinstance(error, InvalidJobError):
             raise
         raise InvalidJobError(f"job args must be JSON-serializable: {error}") from None
+    except RecursionError:
+        raise InvalidJobError("job args are nested too deeply to be sent as JSON") from None
     size = len(text.encode("utf-8"))
     if size > limit:
         raise ArgsTooLargeError(
@@ -146,8 +180,9 @@ class Job:
                 f"job field 'status' is not a status: {data['status']!r}"
             ) from None
         for field in ("attempt", "run"):
-            if not isinstance(values.get(field, 0), int) or isinstance(values.get(field), bool):
-                raise InvalidJobError(f"job field {field!r} must be an integer")
+            count = values.get(field, 0)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise InvalidJobError(f"job field {field!r} must be a non-negative integer")
         for field in (
             "run_at",
             "period",
@@ -158,8 +193,9 @@ class Job:
             "enqueued_at",
         ):
             values[field] = _optional_number(values.get(field), f"job field {field!r}")
-        if values.get("max_attempt") is not None and (
-            not isinstance(values["max_attempt"], int) or values["max_attempt"] < 1
+        max_attempt = values.get("max_attempt")
+        if max_attempt is not None and (
+            not isinstance(max_attempt, int) or isinstance(max_attempt, bool) or max_attempt < 1
         ):
             raise InvalidJobError("job field 'max_attempt' must be a positive integer")
         for field in ("node", "distributor", "last_error", "last_error_type"):
@@ -169,7 +205,9 @@ class Job:
         if not isinstance(not_node, list) or not all(isinstance(n, str) for n in not_node):
             raise InvalidJobError("job field 'not_node' must be a list of node names")
         values["not_node"] = tuple(not_node)
-        values["defer"] = bool(values.get("defer", False))
+        if not isinstance(values.get("defer", False), bool):
+            # bool("false") is True: a lenient reading would run the job in a thread.
+            raise InvalidJobError("job field 'defer' must be true or false")
         return cls(**values)
 
     @property
@@ -198,6 +236,10 @@ class Report:
     args: dict[str, Any] = attrs.field(factory=dict)
     error: str | None = None
     error_type: str | None = None
+    #: For a job that goes on (retry or next periodic run): when it is due next and the
+    #: attempts used so far, so a distributor that re-routes it keeps its schedule.
+    run_at: float | None = None
+    attempt: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -206,27 +248,47 @@ class Report:
 
     @classmethod
     def from_wire(cls, data: Any) -> Report:
+        """Build a report from its wire form, naming the first field that is wrong."""
         if not isinstance(data, dict):
-            raise InvalidJobError("a report must be a JSON object")
+            raise InvalidJobError(f"a report must be a JSON object, not {type(data).__name__}")
+        for required in ("job_id", "run", "status", "final"):
+            if required not in data:
+                raise InvalidJobError(f"report field {required!r} is missing")
+        job_id = data["job_id"]
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidJobError("report field 'job_id' must be a non-empty string")
+        run = data["run"]
+        if not isinstance(run, int) or isinstance(run, bool) or run < 0:
+            raise InvalidJobError(f"report field 'run' of job {job_id} must be an integer")
         try:
-            report = cls(
-                job_id=data["job_id"],
-                run=data["run"],
-                status=Status(data["status"]),
-                feedback=data.get("feedback"),
-                final=data["final"],
-                args=data.get("args") or {},
-                error=data.get("error"),
-                error_type=data.get("error_type"),
+            status = Status(data["status"])
+        except ValueError:
+            raise InvalidJobError(
+                f"report field 'status' of job {job_id} is not a status: {data['status']!r}"
+            ) from None
+        if not isinstance(data["final"], bool):
+            raise InvalidJobError(f"report field 'final' of job {job_id} must be true or false")
+        feedback = data.get("feedback")
+        if feedback not in (None, "success", "error"):
+            raise InvalidJobError(
+                f'report field \'feedback\' of job {job_id} must be "success", "error" '
+                f"or null, not {feedback!r}"
             )
-        except (KeyError, ValueError, TypeError) as error:
-            raise InvalidJobError(f"malformed report: {error!r}") from None
-        if (
-            not isinstance(report.job_id, str)
-            or not isinstance(report.run, int)
-            or not isinstance(report.final, bool)
-            or not isinstance(report.args, dict)
-            or report.feedback not in (None, "success", "error")
-        ):
-            raise InvalidJobError(f"malformed report for job {report.job_id!r}")
-        return report
+        args = data.get("args")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InvalidJobError(f"report field 'args' of job {job_id} must be an object")
+        for field in ("error", "error_type"):
+            if data.get(field) is not None and not isinstance(data[field], str):
+                raise InvalidJobError(f"report field {field!r} of job {job_id} must be a string")
+        return cls(
+            job_id=job_id,
+            run=run,
+            status=status,
+            feedback=feedback,
+            final=data["final"],
+            args=args,
+            error=data.get("error"),
+            error_type=data.get("error_type"),
+        )

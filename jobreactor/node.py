@@ -514,7 +514,18 @@ class Node(service.MultiService):
         error: str | None = None,
         error_type: str | None = None,
     ) -> None:
-        report = Report(job.id, job.run, job.status, feedback, final, args, error, error_type)
+        report = Report(
+            job.id,
+            job.run,
+            job.status,
+            feedback,
+            final,
+            args,
+            error,
+            error_type,
+            run_at=None if final else job.run_at,
+            attempt=job.attempt,
+        )
         link = self._links.get(job.distributor or "")
         if link is None:
             log.warn(
