@@ -7,7 +7,16 @@ from collections.abc import Collection
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
+from jobreactor.errors import JobReactorError
 from jobreactor.model import Job, Status
+
+
+class StorageError(JobReactorError):
+    """A storage could not do what it was asked: server unreachable or too slow, file missing.
+
+    The message names the storage and the reason. A node that gets it from ``save`` does not
+    acknowledge the job, so the distributor keeps it or gives it to another node.
+    """
 
 
 class IJobStorage(Interface):  # type: ignore[misc]
@@ -31,6 +40,9 @@ class IJobStorage(Interface):  # type: ignore[misc]
 
     def jobs_for(node: str, statuses: Collection[Status] | None = None) -> Deferred[list[Job]]:
         """The jobs of ``node`` (those with one of ``statuses``, if given)."""
+
+    def nodes() -> Deferred[list[str]]:
+        """The names of the nodes that have at least one job stored, sorted."""
 
     def close() -> Deferred[None]:
         """Release connections; called when the node stops."""

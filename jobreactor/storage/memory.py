@@ -41,5 +41,8 @@ class MemoryStorage:
             jobs = [job for job in jobs if job.status in statuses]
         return succeed(jobs)
 
+    def nodes(self) -> Deferred[list[str]]:
+        return succeed(sorted(node for node, jobs in self._jobs.items() if jobs))
+
     def close(self) -> Deferred[None]:
         return succeed(None)

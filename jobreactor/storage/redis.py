@@ -1,0 +1,422 @@
+"""Storage in Redis through txredisapi: shared by many nodes, persistent as Redis is.
+
+Layout (every key name is made by :class:`RedisKeys`, nowhere else), with ``P`` the prefix:
+
+``P:nodes``
+    set of the node names that have at least one job.
+``P:node:NODE:jobs``
+    hash: job id -> the JSON of :meth:`Job.to_wire` (so reading it back gives the same types).
+``P:node:NODE:status:STATUS``
+    set of the ids of NODE's jobs in STATUS, one set per :class:`Status`; a job is in exactly
+    one of them. This per-node index finds a node's jobs, by status or not, in time
+    proportional to that node's jobs: no KEYS, no SCAN over the database.
+
+Every change that touches several keys is one Lua script, so a crash never leaves a job
+without its index entry or the other way round.
+
+The pool has one connection: txredisapi sends each command on a pooled connection at random,
+so with more than one, two saves of the same job could reach Redis in the wrong order. With
+one, commands are pipelined in the order they were issued. Every operation is bounded by
+``timeout`` seconds, whether Redis is slow, unreachable or being reconnected to: a ``save``
+that cannot happen fails with :class:`StorageError` instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import attrs
+import txredisapi
+from twisted.internet import defer, ssl
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from jobreactor.errors import ConfigError
+from jobreactor.model import Job, Status
+from jobreactor.storage.base import IJobStorage, StorageError
+
+DEFAULT_PORT = 6379
+DEFAULT_PREFIX = "jr"
+DEFAULT_TIMEOUT = 5.0
+#: Longest wait between two attempts to reconnect to a Redis that went away (txredisapi's
+#: own default is 10 s, long for a node that cannot accept jobs meanwhile).
+RECONNECT_MAX_DELAY = 2.0
+#: The statuses in the order the Lua scripts receive their index keys.
+STATUS_ORDER: tuple[Status, ...] = tuple(Status)
+
+#: Query parameters a ``redis://`` or ``rediss://`` URL may carry.
+URL_OPTIONS = ("prefix", "timeout")
+TLS_URL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+
+@attrs.frozen
+class RedisKeys:
+    """The names of every Redis key jobreactor uses, all under ``prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def nodes(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    def jobs(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:jobs"
+
+    def status(self, node: str, status: Status) -> str:
+        return f"{self.prefix}:node:{node}:status:{status.value}"
+
+    def statuses(self, node: str) -> list[str]:
+        """The index keys of ``node``, one per status, in :data:`STATUS_ORDER`."""
+        return [self.status(node, status) for status in STATUS_ORDER]
+
+
+# KEYS: jobs hash, nodes set, then the node's status sets in STATUS_ORDER.
+# ARGV: job id, job JSON, node name, position of the job's status (1-based) in STATUS_ORDER.
+SAVE_SCRIPT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local wanted = tonumber(ARGV[4])
+for i = 3, #KEYS do
+    if i - 2 == wanted then
+        redis.call('SADD', KEYS[i], ARGV[1])
+    else
+        redis.call('SREM', KEYS[i], ARGV[1])
+    end
+end
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: as SAVE_SCRIPT. ARGV: job id, node name. Returns 1 if the job was there.
+REMOVE_SCRIPT = """
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+for i = 3, #KEYS do
+    redis.call('SREM', KEYS[i], ARGV[1])
+end
+if redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('SREM', KEYS[2], ARGV[2])
+end
+return removed
+"""
+
+# KEYS: jobs hash, then the status sets wanted. Returns the JSON of those jobs.
+# One HGET per id rather than HMGET with unpack(): Lua's stack limits unpack() to ~8000 values.
+JOBS_BY_STATUS_SCRIPT = """
+local found = {}
+for i = 2, #KEYS do
+    for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+        local data = redis.call('HGET', KEYS[1], id)
+        if data then
+            found[#found + 1] = data
+        end
+    end
+end
+return found
+"""
+
+
+def _job_json(job: Job) -> str:
+    return json.dumps(job.to_wire(), separators=(",", ":"), allow_nan=False)
+
+
+@implementer(IJobStorage)
+@attrs.define
+class RedisStorage:
+    """Jobs in the Redis at ``host:port``, database ``db``, under the key prefix ``prefix``.
+
+    ``timeout`` (seconds) bounds connecting and every operation. ``tls`` is a client TLS
+    connection creator (see :func:`twisted.internet.ssl.optionsForClientTLS`) or None for a
+    plain connection. ``reactor`` is the one the timeouts are scheduled on.
+    """
+
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    db: int = 0
+    password: str | None = attrs.field(default=None, repr=False)
+    username: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    timeout: float = DEFAULT_TIMEOUT
+    tls: Any = None
+    reactor: IReactorTime | None = None
+    keys: RedisKeys = attrs.field(init=False)
+    _redis: Any = attrs.field(default=None, init=False)
+    #: Why the pool gave up connecting (a refused password, a bad db), for error messages.
+    _connect_error: str | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.keys = RedisKeys(self.prefix)
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}?prefix={self.prefix}"
+
+    @classmethod
+    def from_url(cls, url: str, reactor: IReactorTime | None = None) -> RedisStorage:
+        """The storage a ``redis://`` or ``rediss://`` URL describes, or a :class:`ConfigError`.
+
+        ``redis[s]://[[user]:password@]host[:port][/db][?prefix=jr&timeout=5]``; a
+        ``rediss://`` URL also takes ``ssl_ca_certs`` (PEM file of the CAs to trust instead
+        of the system's), ``ssl_certfile`` and ``ssl_keyfile`` (a client certificate), and
+        ``ssl_cert_reqs=none`` (do not check the server's certificate: testing only).
+        """
+        return cls(reactor=reactor, **_parse_url(url))
+
+    # -- IJobStorage -----------------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        if self._redis is not None:
+            return succeed(None)
+        assert self.reactor is not None
+        self._connect_error = None
+        self._redis = txredisapi.lazyConnectionPool(
+            host=self.host,
+            port=self.port,
+            dbid=self.db,
+            poolsize=1,
+            password=self.password,
+            username=self.username,
+            ssl_context_factory=self.tls if self.tls is not None else False,
+            connectTimeout=self.timeout,
+            replyTimeout=self.timeout,
+            convertNumbers=False,
+        )
+        # txredisapi offers no setting for these; both are plain attributes of its factory.
+        self._redis._factory.maxDelay = RECONNECT_MAX_DELAY
+        self._redis._connected.addErrback(self._gave_up)
+
+        def failed(failure: Failure) -> Deferred[None]:
+            return self.close().addCallback(lambda _: failure)  # type: ignore[return-value]
+
+        pinged = self._call("connecting", lambda redis: redis.ping())
+        return pinged.addCallbacks(lambda _: None, failed)
+
+    def save(self, node: str, job: Job) -> Deferred[None]:
+        keys = [self.keys.jobs(node), self.keys.nodes(), *self.keys.statuses(node)]
+        args = [job.id, _job_json(job), node, STATUS_ORDER.index(job.status) + 1]
+        saved = self._call(
+            f"saving job {job.id} of node {node}",
+            lambda redis: redis.eval(SAVE_SCRIPT, keys, args),
+        )
+        return saved.addCallback(lambda _: None)
+
+    def load(self, node: str, job_id: str) -> Deferred[Job | None]:
+        loaded = self._call(
+            f"loading job {job_id} of node {node}",
+            lambda redis: redis.hget(self.keys.jobs(node), job_id),
+        )
+        return loaded.addCallback(lambda data: None if data is None else self._decode(data, node))
+
+    def remove(self, node: str, job_id: str) -> Deferred[None]:
+        keys = [self.keys.jobs(node), self.keys.nodes(), *self.keys.statuses(node)]
+        removed = self._call(
+            f"removing job {job_id} of node {node}",
+            lambda redis: redis.eval(REMOVE_SCRIPT, keys, [job_id, node]),
+        )
+        return removed.addCallback(lambda _: None)
+
+    def jobs_for(
+        self, node: str, statuses: Collection[Status] | None = None
+    ) -> Deferred[list[Job]]:
+        doing = f"listing the jobs of node {node}"
+        if statuses is None:
+            found = self._call(doing, lambda redis: redis.hvals(self.keys.jobs(node)))
+        else:
+            wanted = {Status(status) for status in statuses}
+            if not wanted:
+                return succeed([])
+            keys = [
+                self.keys.jobs(node),
+                *(self.keys.status(node, s) for s in STATUS_ORDER if s in wanted),
+            ]
+            found = self._call(doing, lambda redis: redis.eval(JOBS_BY_STATUS_SCRIPT, keys, []))
+        return found.addCallback(lambda values: [self._decode(v, node) for v in values or []])
+
+    def nodes(self) -> Deferred[list[str]]:
+        found = self._call("listing the nodes", lambda redis: redis.smembers(self.keys.nodes()))
+        return found.addCallback(lambda names: sorted(_text(name) for name in names or ()))
+
+    def close(self) -> Deferred[None]:
+        redis, self._redis = self._redis, None
+        if redis is None:
+            return succeed(None)
+        assert self.reactor is not None
+        closing: Deferred[Any] = redis.disconnect()
+        closing.addTimeout(self.timeout, self.reactor)
+        return closing.addBoth(lambda _: None)  # closing is best effort: nothing to report
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _gave_up(self, failure: Failure) -> None:
+        self._connect_error = failure.getErrorMessage()
+
+    def _call(self, doing: str, command: Any) -> Deferred[Any]:
+        """Run ``command(pool)`` within ``timeout``, turning every failure into StorageError."""
+        if self._redis is None:
+            return defer.fail(StorageError(f"{self}: {doing}: the storage is not open"))
+        assert self.reactor is not None
+        try:
+            running: Deferred[Any] = command(self._redis)
+        except Exception as error:  # txredisapi raises some errors before its Deferred exists
+            running = defer.fail(error)
+        running.addTimeout(self.timeout, self.reactor)
+        return running.addErrback(self._explain, doing)
+
+    def _explain(self, failure: Failure, doing: str) -> Failure:
+        if failure.check(StorageError):
+            return failure
+        if failure.check(defer.TimeoutError, txredisapi.TimeoutError):
+            reason = f"no answer within {self.timeout:g} s"
+        else:
+            reason = failure.getErrorMessage() or type(failure.value).__name__
+        if self._connect_error is not None:
+            reason = f"{reason} ({self._connect_error})"
+        raise StorageError(f"{self}: {doing}: {reason}") from failure.value
+
+    def _decode(self, data: str | bytes, node: str) -> Job:
+        try:
+            return Job.from_wire(json.loads(data))
+        except ValueError as error:  # bad JSON, or InvalidJobError
+            raise StorageError(
+                f"{self}: a stored job of node {node} is unreadable: {error}"
+            ) from None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    """The RedisStorage arguments of ``url``; a ConfigError names the first thing wrong."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(f"redis storage URL {_safe(url)!r} does not parse: {error}") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"redis storage URL {_safe(url)!r} must start with redis:// or rediss://")
+    if parts.fragment:
+        raise ConfigError(f"redis storage URL {_safe(url)!r} must not have a #fragment")
+    options: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": DEFAULT_PORT if port is None else port,
+    }
+    if parts.password is not None:
+        options["password"] = urllib.parse.unquote(parts.password)
+    if parts.username:
+        options["username"] = urllib.parse.unquote(parts.username)
+    path = parts.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ConfigError(
+                f"redis storage URL {_safe(url)!r}: the database must be a number, not {path!r}"
+            )
+        options["db"] = int(path)
+    try:
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    except ValueError as error:
+        raise ConfigError(f"redis storage URL {_safe(url)!r}: bad query: {error}") from None
+    known = URL_OPTIONS + (TLS_URL_OPTIONS if parts.scheme == "rediss" else ())
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        hint = " (TLS options need rediss://)" if set(unknown) & set(TLS_URL_OPTIONS) else ""
+        raise ConfigError(
+            f"redis storage URL {_safe(url)!r}: unknown option(s) {', '.join(unknown)}{hint}; "
+            f"known: {', '.join(known)}"
+        )
+    value: dict[str, str] = {}
+    for name, values in query.items():
+        if len(values) != 1:
+            raise ConfigError(f"redis storage URL {_safe(url)!r}: option {name} is given twice")
+        value[name] = values[0]
+    if "prefix" in value:
+        if not value["prefix"]:
+            raise ConfigError(f"redis storage URL {_safe(url)!r}: prefix must not be empty")
+        options["prefix"] = value["prefix"]
+    if "timeout" in value:
+        try:
+            timeout = float(value["timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout < float("inf"):
+            raise ConfigError(
+                f"redis storage URL {_safe(url)!r}: timeout must be a positive number of "
+                f"seconds, not {value['timeout']!r}"
+            )
+        options["timeout"] = timeout
+    if parts.scheme == "rediss":
+        options["tls"] = _tls_options(url, options["host"], value)
+    return options
+
+
+def _tls_options(url: str, host: str, value: dict[str, str]) -> Any:
+    def read(name: str) -> str:
+        try:
+            return Path(value[name]).read_text()
+        except OSError as error:
+            raise ConfigError(
+                f"redis storage URL {_safe(url)!r}: cannot read {name} {value[name]!r}: "
+                f"{error.strerror}"
+            ) from None
+
+    reqs = value.get("ssl_cert_reqs", "required")
+    if reqs not in ("required", "none"):
+        raise ConfigError(
+            f"redis storage URL {_safe(url)!r}: ssl_cert_reqs must be required or none, "
+            f"not {reqs!r}"
+        )
+    if ("ssl_certfile" in value) != ("ssl_keyfile" in value):
+        raise ConfigError(
+            f"redis storage URL {_safe(url)!r}: ssl_certfile and ssl_keyfile go together"
+        )
+    try:
+        client = None
+        if "ssl_certfile" in value:
+            client = ssl.PrivateCertificate.loadPEM(read("ssl_certfile") + read("ssl_keyfile"))
+        if reqs == "none":
+            extra: dict[str, Any] = {}
+            if client is not None:
+                extra = {"privateKey": client.privateKey.original, "certificate": client.original}
+            return ssl.CertificateOptions(verify=False, **extra)
+        trust = (
+            ssl.trustRootFromCertificates(
+                [ssl.Certificate.loadPEM(pem.encode()) for pem in _pem_blocks(read("ssl_ca_certs"))]
+            )
+            if "ssl_ca_certs" in value
+            else ssl.platformTrust()
+        )
+        return ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
+    except ConfigError:
+        raise
+    except Exception as error:  # pyOpenSSL's errors for a malformed PEM file
+        raise ConfigError(
+            f"redis storage URL {_safe(url)!r}: bad TLS certificate or key: {error}"
+        ) from None
+
+
+def _pem_blocks(text: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    blocks = [block + end for block in text.split(end) if "-----BEGIN CERTIFICATE-----" in block]
+    if not blocks:
+        raise ValueError("no certificate in ssl_ca_certs")
+    return blocks
+
+
+def _safe(url: str) -> str:
+    """``url`` without its password, fit for an error message."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<a redis URL>"

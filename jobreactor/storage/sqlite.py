@@ -1,0 +1,201 @@
+"""Storage in one SQLite file: embedded, persistent, no server to run.
+
+The database is reached through :mod:`twisted.enterprise.adbapi` with a pool of exactly one
+connection, so every statement runs in one background thread, in the order it was asked for:
+a later ``save`` of a job never lands before an earlier one. The file is in WAL mode, so
+several node processes (and the ``jr`` monitor) can share it: readers never wait for the
+writer, and writers of other processes wait up to ``busy_timeout`` seconds for each other.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.parse
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from jobreactor.model import Job, Status
+from jobreactor.storage.base import IJobStorage, StorageError
+
+#: ``synchronous`` settings a URL may ask for. FULL (the default) syncs the WAL at every
+#: commit, so a saved job survives a power cut; NORMAL survives a crash of the process only.
+SYNCHRONOUS_MODES = ("full", "normal")
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        node TEXT NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        name TEXT NOT NULL,
+        run_at REAL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (node, id)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS jobs_node_status ON jobs (node, status)",
+)
+
+
+def _job_json(job: Job) -> str:
+    return json.dumps(job.to_wire(), separators=(",", ":"), allow_nan=False)
+
+
+@implementer(IJobStorage)
+@attrs.define
+class SQLiteStorage:
+    """Jobs in the table ``jobs`` of the SQLite file at ``path``, keyed by (node, id).
+
+    Each row holds the whole job as the JSON of :meth:`Job.to_wire` (so reading it back gives
+    the same types), plus ``status``, ``name`` and ``run_at`` columns for queries by hand;
+    ``(node, status)`` is indexed. ``create=False`` refuses to make a missing file (the
+    monitor inspects, it never creates). ``synchronous`` is ``"full"`` or ``"normal"``.
+    """
+
+    path: str = attrs.field(converter=str)
+    create: bool = True
+    synchronous: str = "full"
+    #: Seconds a write waits for another process's write to finish before failing.
+    busy_timeout: float = 5.0
+    _pool: adbapi.ConnectionPool | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
+                f"not {self.synchronous!r}"
+            )
+
+    def __str__(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def _on_connect(self, connection: sqlite3.Connection) -> None:
+        # Runs in the pool's thread, once, before the connection's first use.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+
+    def open(self) -> Deferred[None]:
+        if self._pool is not None:
+            return succeed(None)
+        if self.create:
+            database, uri = self.path, False
+        else:
+            if not Path(self.path).is_file():
+                return _fail(StorageError(f"no SQLite database at {self.path}"))
+            database, uri = f"file:{urllib.parse.quote(self.path)}?mode=rw", True
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            database,
+            uri=uri,
+            timeout=self.busy_timeout,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=self._on_connect,
+            cp_noisy=False,
+        )
+        return self._interact(_create_schema, "opening")
+
+    def save(self, node: str, job: Job) -> Deferred[None]:
+        return self._interact(
+            _save, f"saving job {job.id} of node {node}", node, job.id, job, _job_json(job)
+        )
+
+    def load(self, node: str, job_id: str) -> Deferred[Job | None]:
+        return self._interact(_load, f"loading job {job_id} of node {node}", node, job_id)
+
+    def remove(self, node: str, job_id: str) -> Deferred[None]:
+        return self._interact(_remove, f"removing job {job_id} of node {node}", node, job_id)
+
+    def jobs_for(
+        self, node: str, statuses: Collection[Status] | None = None
+    ) -> Deferred[list[Job]]:
+        wanted = None if statuses is None else sorted(Status(s).value for s in statuses)
+        return self._interact(_jobs_for, f"listing the jobs of node {node}", node, wanted)
+
+    def nodes(self) -> Deferred[list[str]]:
+        return self._interact(_nodes, "listing the nodes")
+
+    def close(self) -> Deferred[None]:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # joins the pool's one thread: quick, nothing else is queued
+        return succeed(None)
+
+    def _interact(self, function: Any, doing: str, *args: Any) -> Deferred[Any]:
+        if self._pool is None:
+            return _fail(StorageError(f"{self}: {doing}: the storage is not open"))
+
+        def explain(failure: Failure) -> Failure:
+            if failure.check(sqlite3.Error):
+                raise StorageError(f"{self}: {doing}: {failure.value}") from failure.value
+            return failure
+
+        running: Deferred[Any] = self._pool.runInteraction(function, *args)
+        return running.addErrback(explain)
+
+
+def _fail(error: Exception) -> Deferred[Any]:
+    failed: Deferred[Any] = Deferred()
+    failed.errback(error)
+    return failed
+
+
+# The functions below run in the pool's thread, each inside one transaction.
+
+
+def _create_schema(cursor: adbapi.Transaction) -> None:
+    for statement in _SCHEMA:
+        cursor.execute(statement)
+
+
+def _save(cursor: adbapi.Transaction, node: str, job_id: str, job: Job, data: str) -> None:
+    cursor.execute(
+        "INSERT OR REPLACE INTO jobs (node, id, status, name, run_at, data)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (node, job_id, job.status.value, job.name, job.run_at, data),
+    )
+
+
+def _decode(data: str, node: str) -> Job:
+    try:
+        return Job.from_wire(json.loads(data))
+    except ValueError as error:  # bad JSON, or InvalidJobError
+        raise StorageError(f"a stored job of node {node} is unreadable: {error}") from None
+
+
+def _load(cursor: adbapi.Transaction, node: str, job_id: str) -> Job | None:
+    cursor.execute("SELECT data FROM jobs WHERE node = ? AND id = ?", (node, job_id))
+    row = cursor.fetchone()
+    return None if row is None else _decode(row[0], node)
+
+
+def _remove(cursor: adbapi.Transaction, node: str, job_id: str) -> None:
+    cursor.execute("DELETE FROM jobs WHERE node = ? AND id = ?", (node, job_id))
+
+
+def _jobs_for(cursor: adbapi.Transaction, node: str, statuses: list[str] | None) -> list[Job]:
+    if statuses is None:
+        cursor.execute("SELECT data FROM jobs WHERE node = ?", (node,))
+    elif not statuses:
+        return []
+    else:
+        marks = ", ".join("?" * len(statuses))
+        cursor.execute(
+            f"SELECT data FROM jobs WHERE node = ? AND status IN ({marks})",
+            (node, *statuses),
+        )
+    return [_decode(row[0], node) for row in cursor.fetchall()]
+
+
+def _nodes(cursor: adbapi.Transaction) -> list[str]:
+    cursor.execute("SELECT DISTINCT node FROM jobs ORDER BY node")
+    return [row[0] for row in cursor.fetchall()]
