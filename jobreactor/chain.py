@@ -4,14 +4,20 @@ The job function is the first callback and each ``job_callback`` the next, all s
 ``args`` dict. If a step raises, the errbacks run in order on a copy of the attempt's
 *starting* args plus ``error`` and ``error_type`` (the original's rule: what the failed steps
 added is not seen there). For a ``defer=True`` job the same steps run in a thread of the
-node's own pool, so a blocking job never stalls the reactor.
+node's own pool, so a blocking job never stalls the reactor; there a step must be a plain
+function (a Deferred or a coroutine has no reactor thread to run in).
+
+The args an attempt ends with go back to the distributor as JSON, so they must stay
+JSON-serializable: a job that leaves, say, a ``datetime`` in them fails that attempt with a
+``TypeError`` naming the key (rather than breaking the report of every job sent with it).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
@@ -26,6 +32,7 @@ from jobreactor.definitions import JobDefinition, JobFunction
 from jobreactor.errors import CancelJob
 
 Args = dict[str, Any]
+Step = tuple[str, JobFunction]
 
 
 @attrs.frozen
@@ -33,7 +40,8 @@ class AttemptOutcome:
     """How one attempt ended.
 
     ``kind`` is ``"success"``, ``"error"`` (the node decides whether to retry) or
-    ``"cancelled"`` (``CancelJob`` was raised; ``feedback`` says which feedback it earns).
+    ``"cancelled"`` (``CancelJob`` was raised, or the caller cancelled the attempt's
+    Deferred; ``feedback`` says which feedback it earns).
     """
 
     kind: Literal["success", "error", "cancelled"]
@@ -63,15 +71,82 @@ def _call_step_with(args: Args, step: JobFunction) -> Any:
     return _call_step(step, args)
 
 
-def _chain(steps: Sequence[JobFunction], args: Args) -> Deferred[Args]:
+def _json_problems(args: Args) -> list[str]:
+    """The top-level entries of ``args`` that JSON cannot carry (``job_itself`` aside)."""
+    payload = {key: value for key, value in args.items() if key != "job_itself"}
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    else:
+        return []
+    problems = []
+    for key, value in payload.items():
+        try:
+            json.dumps({key: value}, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            problems.append(key)
+    return problems
+
+
+def _check_json(args: Args) -> Args:
+    problems = _json_problems(args)
+    if problems:
+        described = ", ".join(f"{key!r} holds {type(args[key]).__name__}" for key in problems)
+        raise TypeError(
+            f"job args must stay JSON-serializable to be reported, but {described}; "
+            "store a string or number instead"
+        )
+    return args
+
+
+def _make_reportable(args: Args) -> None:
+    """Replace what JSON cannot carry by its ``repr``: the outcome must reach the distributor."""
+    for key in _json_problems(args):
+        value = args.pop(key)
+        args[key if isinstance(key, str) else repr(key)] = repr(value)[:1000]
+
+
+def _chain(steps: Sequence[Step], args: Args) -> Deferred[Args]:
     chain: Deferred[Args] = Deferred()
-    for step in steps:
+    for _, step in steps:
         chain.addCallback(_call_step_with, step)
+    chain.addCallback(_check_json)
     chain.callback(args)
     return chain
 
 
-async def _run_errbacks(errbacks: Sequence[tuple[str, JobFunction]], args: Args) -> bool:
+def _refuse_async(result: Any, what: str) -> None:
+    """In a pool thread a Deferred or coroutine has nobody to run it: refuse it clearly."""
+    if inspect.iscoroutine(result):
+        result.close()  # never started; closing it avoids a "never awaited" warning
+    elif isinstance(result, Deferred):
+        if result.called:
+            result.addErrback(lambda _: None)  # its failure, if any, is reported below
+    elif not inspect.isawaitable(result):
+        return
+    raise TypeError(
+        f"{what} of a defer=True job returned {type(result).__name__}; thread jobs must be "
+        "plain functions (drop defer=True to use Deferreds or async def)"
+    )
+
+
+def _run_steps_in_thread(steps: Sequence[Step], args: Args) -> Args:
+    """The chain of a ``defer=True`` job, run in a pool thread."""
+    for name, step in steps:
+        result = step(args)
+        _refuse_async(result, f"step {name!r}")
+        _merge(result, args)
+    return _check_json(args)
+
+
+def _errback_failed(args: Args, name: str, error: BaseException) -> None:
+    message = f"{name}: {type(error).__name__}: {error}"
+    previous = args.get("errback_error")
+    args["errback_error"] = f"{previous}; {message}" if previous else message
+
+
+async def _run_errbacks(errbacks: Sequence[Step], args: Args) -> bool:
     """Run every errback; return whether one raised ``CancelJob``.
 
     An errback that raises does not stop the others: its error is kept in
@@ -85,27 +160,23 @@ async def _run_errbacks(errbacks: Sequence[tuple[str, JobFunction]], args: Args)
             _merge(result, args)
         except CancelJob:
             return True
-        except Exception as error:
-            message = f"{name}: {type(error).__name__}: {error}"
-            previous = args.get("errback_error")
-            args["errback_error"] = f"{previous}; {message}" if previous else message
+        except (Exception, SystemExit) as error:
+            _errback_failed(args, name, error)
     return False
 
 
-def _fired_result(deferred: Deferred[Any], what: str) -> Any:
-    """The result of an already fired Deferred, for code running inside a pool thread."""
-    box: list[Any] = []
-    deferred.addBoth(box.append)
-    if not box:
-        deferred.cancel()
-        raise TypeError(
-            f"{what} of a defer=True job waited on something asynchronous; "
-            "thread jobs must be plain functions (drop defer=True to use Deferreds or async)"
-        )
-    result = box[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
+def _run_errbacks_in_thread(errbacks: Sequence[Step], args: Args) -> bool:
+    """:func:`_run_errbacks` for a ``defer=True`` job, run in a pool thread."""
+    for name, errback in errbacks:
+        try:
+            result = errback(args)
+            _refuse_async(result, f"errback {name!r}")
+            _merge(result, args)
+        except CancelJob:
+            return True
+        except (Exception, SystemExit) as error:
+            _errback_failed(args, name, error)
+    return False
 
 
 def _describe(failure: Failure, timeout: float | None) -> tuple[str, str]:
@@ -127,48 +198,68 @@ def run_attempt(
 ) -> Deferred[AttemptOutcome]:
     """Run one attempt of ``definition`` on ``args``; the Deferred never fails.
 
-    ``job_itself`` (the job's own record) is visible to every step under
-    ``args["job_itself"]`` and removed from the outcome's args. With ``threadpool`` the
-    steps run in that pool (``reactor`` delivers the results back); cancelling the returned
-    Deferred does not stop a thread that is running.
+    ``args`` is not changed: the attempt works on a copy. ``job_itself`` (the job's own
+    record) is visible to every step and errback under ``args["job_itself"]`` and removed
+    from the outcome's args. With ``threadpool`` the steps and errbacks run in that pool
+    (``reactor`` delivers the results back).
+
+    Cancelling the returned Deferred ends the attempt at once as ``"cancelled"`` without
+    running the errbacks: a step's pending Deferred is cancelled, but a thread that is
+    running is not stopped (its result is ignored), and errbacks already running finish on
+    their own.
     """
-    assert definition.function is not None
+    function = definition.function
+    if function is None:
+        raise ValueError(f"job {definition.name!r} has callbacks or errbacks but no function")
+    if threadpool is not None and reactor is None:
+        raise ValueError("run_attempt needs reactor= to run a job in a thread pool")
     start_args = copy.deepcopy(args)
     work_args = copy.deepcopy(args)
     if job_itself is not None:
-        work_args["job_itself"] = job_itself
-    steps = [definition.function] + [step for _, step in definition.callbacks]
+        work_args["job_itself"] = copy.deepcopy(job_itself)
+    steps: list[Step] = [(definition.name, function), *definition.callbacks]
+    cancelled_by_caller = False
+    errbacks_started = False
 
-    def in_place(function: Callable[..., Any], *arguments: Any) -> Deferred[Any]:
-        if threadpool is None:
-            return defer.maybeDeferred(function, *arguments)
-        assert reactor is not None
+    def in_thread(function: Any, *arguments: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, threadpool, function, *arguments)  # type: ignore[arg-type]
 
-    def run_chain() -> Any:
-        chained = _chain(steps, work_args)
-        return chained if threadpool is None else _fired_result(chained, "a step")
+    def cancelled_outcome() -> AttemptOutcome:
+        return AttemptOutcome(
+            "cancelled",
+            copy.deepcopy(start_args),
+            "error",
+            "the attempt was cancelled",
+            "CancelledError",
+        )
 
     def succeeded(final_args: Args) -> AttemptOutcome:
         final_args.pop("job_itself", None)
         return AttemptOutcome("success", final_args, "success")
 
     def failed(failure: Failure) -> Deferred[AttemptOutcome] | AttemptOutcome:
+        nonlocal errbacks_started
+        if cancelled_by_caller and failure.check(defer.CancelledError):
+            return cancelled_outcome()
         if failure.check(CancelJob):
             work_args.pop("job_itself", None)
+            _make_reportable(work_args)
             return AttemptOutcome("cancelled", work_args, "success")
         error, error_type = _describe(failure, timeout)
         errback_args = copy.deepcopy(start_args)
         errback_args.update(error=error, error_type=error_type)
         if job_itself is not None:
-            errback_args["job_itself"] = job_itself
-
-        def run_errbacks() -> Any:
-            pending = Deferred.fromCoroutine(_run_errbacks(definition.errbacks, errback_args))
-            return pending if threadpool is None else _fired_result(pending, "an errback")
+            errback_args["job_itself"] = copy.deepcopy(job_itself)
+        errbacks_started = True
+        pending: Deferred[bool] = (
+            Deferred.fromCoroutine(_run_errbacks(definition.errbacks, errback_args))
+            if threadpool is None
+            else in_thread(_run_errbacks_in_thread, definition.errbacks, errback_args)
+        )
 
         def finish(cancelled: bool) -> AttemptOutcome:
             errback_args.pop("job_itself", None)
+            _make_reportable(errback_args)
             kind: Literal["error", "cancelled"] = "cancelled" if cancelled else "error"
             return AttemptOutcome(kind, errback_args, "error", error, error_type)
 
@@ -176,9 +267,34 @@ def run_attempt(
             errback_args["errback_error"] = _describe(failure, None)[0]
             return finish(False)
 
-        return in_place(run_errbacks).addCallbacks(finish, errbacks_broke)
+        return pending.addCallbacks(finish, errbacks_broke)
 
-    attempt = in_place(run_chain)
+    def broke(failure: Failure) -> AttemptOutcome:
+        # Only a bug in this module gets here; the promise is still an outcome.
+        error, error_type = _describe(failure, None)
+        return AttemptOutcome("error", copy.deepcopy(start_args), "error", error, error_type)
+
+    def deliver(result: AttemptOutcome) -> None:
+        if not outcome.called:
+            outcome.callback(cancelled_outcome() if cancelled_by_caller else result)
+
+    def cancel(_: Deferred[AttemptOutcome]) -> None:
+        nonlocal cancelled_by_caller
+        cancelled_by_caller = True
+        if not errbacks_started:
+            chain.cancel()
+        if not outcome.called:
+            # A thread still running, errbacks still running, or a step that swallowed
+            # the cancellation: the caller asked for an end now.
+            outcome.callback(cancelled_outcome())
+
+    outcome: Deferred[AttemptOutcome] = Deferred(cancel)
+    chain: Deferred[Args] = (
+        _chain(steps, work_args)
+        if threadpool is None
+        else in_thread(_run_steps_in_thread, steps, work_args)
+    )
     if timeout is not None:
-        attempt.addTimeout(timeout, clock)
-    return attempt.addCallbacks(succeeded, failed)
+        chain.addTimeout(timeout, clock)
+    chain.addCallbacks(succeeded, failed).addErrback(broke).addCallback(deliver)
+    return outcome

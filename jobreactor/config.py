@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -9,8 +11,14 @@ import attrs
 from jobreactor.errors import ConfigError
 
 
-def _check(kind: type | tuple[type, ...], *, minimum: float | None = None) -> Any:
-    """A validator that refuses bools where numbers are wanted and values below ``minimum``."""
+def _check(
+    kind: type | tuple[type, ...],
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """A validator that refuses bools where numbers are wanted, NaN and infinities, and values
+    outside ``minimum``..``maximum``."""
 
     def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         wants_number = kind in (int, float) or kind == (int, float)
@@ -21,9 +29,16 @@ def _check(kind: type | tuple[type, ...], *, minimum: float | None = None) -> An
             raise ConfigError(
                 f"JR.config.{attribute.name} must be {names}, not {type(value).__name__} {value!r}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN passes every comparison below and would reach callLater.
+            raise ConfigError(f"JR.config.{attribute.name} must be a finite number, not {value!r}")
         if minimum is not None and value < minimum:  # type: ignore[operator]
             raise ConfigError(
                 f"JR.config.{attribute.name} must be at least {minimum}, not {value!r}"
+            )
+        if maximum is not None and value > maximum:  # type: ignore[operator]
+            raise ConfigError(
+                f"JR.config.{attribute.name} must be at most {maximum}, not {value!r}"
             )
 
     return validate
@@ -60,7 +75,7 @@ class Config:
     #: A node with persistent storage runs its unfinished jobs again when it starts.
     retry_jobs_at_start: bool = attrs.field(default=True, validator=_check(bool))
     redis_host: str = attrs.field(default="localhost", validator=_check(str))
-    redis_port: int = attrs.field(default=6379, validator=_check(int, minimum=1))
+    redis_port: int = attrs.field(default=6379, validator=_check(int, minimum=1, maximum=65535))
     #: Threads for ``defer=True`` jobs (the original's EventMachine pool had 20).
     thread_pool_size: int = attrs.field(default=20, validator=_check(int, minimum=1))
     #: Jobs a node runs at once unless ``start_node(slots=...)`` says otherwise.
@@ -81,8 +96,12 @@ class Config:
         self._known(name)
         setattr(self, name, value)
 
-    def update(self, **settings: Any) -> None:
-        """Set several settings; nothing changes if any of them is wrong."""
+    def update(self, settings: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Set several settings (a mapping, keywords or both, as ``dict.update``).
+
+        Nothing changes if any of them is unknown or wrong.
+        """
+        settings = {**(settings or {}), **more}
         for name in settings:
             self._known(name)
         checked = attrs.evolve(self, **settings)

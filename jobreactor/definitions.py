@@ -81,8 +81,18 @@ class JobRegistry:
         """Refuse callbacks or errbacks attached to a job that was never defined."""
         orphans = sorted(name for name, entry in self.definitions.items() if entry.function is None)
         if orphans:
+            places = []
+            for name in orphans:
+                entry = self.definitions[name]
+                steps = [("callback", step) for step in entry.callbacks]
+                steps += [("errback", step) for step in entry.errbacks]
+                places.append(
+                    f"{name!r} ("
+                    + ", ".join(f"{kind} {label!r} at {_where(fn)}" for kind, (label, fn) in steps)
+                    + ")"
+                )
             raise JobDefinitionError(
-                "callbacks or errbacks were given for undefined job(s): " + ", ".join(orphans)
+                "callbacks or errbacks were given for undefined job(s): " + "; ".join(places)
             )
 
 
@@ -171,11 +181,11 @@ def load_jobs_directory(directory: str | Path) -> JobRegistry:
     package = f"_jobreactor_jobs_{uuid.uuid4().hex}"
     with registering_into(registry):
         for path in sorted(root.rglob("*.py")):
-            if any(part.startswith(".") or part == "__pycache__" for part in path.parts):
+            relative = path.relative_to(root)
+            # Only parts below the root count: a root under ~/.local must still load.
+            if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
                 continue
-            _import_file(
-                path, f"{package}.{'_'.join(path.relative_to(root).with_suffix('').parts)}"
-            )
+            _import_file(path, f"{package}.{'_'.join(relative.with_suffix('').parts)}")
     registry.check_complete()
     return registry
 
@@ -193,8 +203,8 @@ def _import_file(path: Path, module_name: str) -> None:
         raise JobDefinitionError(f"{path}: {error}") from None
     except (Exception, SystemExit) as error:
         del sys.modules[module_name]
-        if isinstance(error, SyntaxError):
-            line = error.lineno
+        if isinstance(error, SyntaxError) and error.filename == str(path):
+            line = error.lineno  # a SyntaxError in a module it imports has a traceback here
         else:
             frames = [
                 f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import uuid
 from typing import Any
 
@@ -30,16 +31,28 @@ ENQUEUE_OPTIONS = frozenset(
 )
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None if it is not a finite real number (bools excluded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)  # an int too large for a float raises OverflowError
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _seconds(name: str, value: Any, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidJobError(f"{name} must be a number of seconds, not {value!r}")
-    if value != value or value in (float("inf"), float("-inf")):
+    number = _finite(value)
+    if number is None:
         raise InvalidJobError(f"{name} must be a finite number of seconds, not {value!r}")
-    if value < 0 or (positive and value == 0):
+    if number < 0 or (positive and number == 0):
         raise InvalidJobError(
             f"{name} must be {'above' if positive else 'at least'} 0, not {value!r}"
         )
-    return float(value)
+    return number
 
 
 def _run_at(value: Any) -> float:
@@ -50,9 +63,13 @@ def _run_at(value: Any) -> float:
                 "a naive datetime is ambiguous across machines"
             )
         return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise InvalidJobError(f"run_at must be an aware datetime or POSIX seconds, not {value!r}")
-    return float(value)
+    number = _finite(value)
+    if number is None:
+        # An infinite run_at would never run, and JSON (the wire) cannot carry it.
+        raise InvalidJobError(
+            f"run_at must be an aware datetime or finite POSIX seconds, not {value!r}"
+        )
+    return number
 
 
 def _node_names(value: Any) -> tuple[str, ...]:
@@ -86,7 +103,7 @@ def build_job(
             f"the options are: {', '.join(sorted(ENQUEUE_OPTIONS))}"
         )
     text = encode_args({} if args is None else args, max_args_bytes)
-    if "after" in options and "run_at" in options:
+    if options.get("after") is not None and options.get("run_at") is not None:
         raise InvalidJobError("give after or run_at, not both")
     run_at = None
     if options.get("after") is not None:

@@ -54,7 +54,10 @@ class JSON(amp.Argument):
         value = self.retrieve(objects, name.decode("ascii"), proto)
         if self.optional and value is None:
             return
-        data = json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        try:
+            data = json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as error:
+            raise BadMessage(f"argument {name.decode()!r} is not JSON: {error}") from None
         chunks = [data[i : i + AMP_VALUE_LIMIT] for i in range(0, len(data), AMP_VALUE_LIMIT)]
         if len(chunks) > MAX_JSON_CHUNKS:
             raise BadMessage(
@@ -83,7 +86,7 @@ class JSON(amp.Argument):
                 raise BadMessage(f"argument {key!r} spans more than {MAX_JSON_CHUNKS} keys")
         try:
             objects[key] = json.loads(b"".join(parts))
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise BadMessage(f"argument {key!r} is not valid JSON: {error}") from None
 
 
@@ -106,10 +109,17 @@ class JobReactorAMP(amp.AMP):
             return None
 
         def guarded(box: amp.AmpBox) -> Deferred[Any]:
+            # Only parsing the arguments raises here: AMP calls the responder itself inside
+            # a Deferred. Any parse error (bad JSON, a non-integer Integer, a missing
+            # argument) is the peer's malformed message, answered as BAD_MESSAGE.
             try:
                 result: Deferred[Any] = responder(box)
             except BadMessage as error:
                 return fail(amp.RemoteAmpError(b"BAD_MESSAGE", str(error)))
+            except Exception as error:
+                return fail(
+                    amp.RemoteAmpError(b"BAD_MESSAGE", f"malformed argument: {error!r:.200}")
+                )
             return result
 
         return guarded
