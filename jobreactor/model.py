@@ -282,6 +282,12 @@ class Report:
         for field in ("error", "error_type"):
             if data.get(field) is not None and not isinstance(data[field], str):
                 raise InvalidJobError(f"report field {field!r} of job {job_id} must be a string")
+        run_at = _optional_number(data.get("run_at"), f"report field 'run_at' of job {job_id}")
+        attempt = data.get("attempt", 0)
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+            raise InvalidJobError(
+                f"report field 'attempt' of job {job_id} must be a non-negative integer"
+            )
         return cls(
             job_id=job_id,
             run=run,
@@ -291,4 +297,6 @@ class Report:
             args=args,
             error=data.get("error"),
             error_type=data.get("error_type"),
+            run_at=run_at,
+            attempt=attempt,
         )
