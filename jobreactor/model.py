@@ -53,12 +53,12 @@ def _optional_number(value: Any, field: str) -> float | None:
     return number
 
 
-def _check_keys(args: dict[str, Any]) -> None:
-    """Refuse a key that is not a string, at any depth.
+def _check_structure(args: dict[str, Any]) -> None:
+    """Refuse a key that is not a string and a NaN or infinite float, at any depth.
 
     ``json.dumps`` would silently turn ``1``, ``True`` or ``None`` keys into strings (so the
-    job would see other keys than the caller gave) and fail with a bare ``TypeError`` on
-    others; the message names the path of the key instead.
+    job would see other keys than the caller gave), fail with a bare ``TypeError`` on other
+    keys and say only "Out of range float values" for NaN; the message names the path.
     """
     pending: list[tuple[str, Any]] = [("args", args)]
     seen: set[int] = set()
@@ -80,6 +80,11 @@ def _check_keys(args: dict[str, Any]) -> None:
                 continue
             seen.add(id(value))
             pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidJobError(
+                f"job args must be JSON-serializable; {path} is {value!r} "
+                "(JSON has no NaN or Infinity)"
+            )
 
 
 def encode_args(args: Any, limit: int) -> str:
@@ -90,7 +95,7 @@ def encode_args(args: Any, limit: int) -> str:
     """
     if not isinstance(args, dict):
         raise InvalidJobError(f"job args must be a dict, not {type(args).__name__}")
-    _check_keys(args)
+    _check_structure(args)
 
     def refuse(value: Any) -> Any:
         raise InvalidJobError(
