@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from typing import Any
 
@@ -130,11 +131,13 @@ def test_args_just_at_max_args_bytes_are_accepted() -> None:
     assert build_job("my_job", args, {}, now=NOW, max_args_bytes=2000).args == args
 
 
-def test_the_limit_counts_utf8_bytes_not_characters() -> None:
-    args = {"t": "ż" * 1000}  # 2000 bytes of text, 1000 characters
+def test_the_limit_counts_the_bytes_of_the_json_text() -> None:
+    args = {"t": "żółw ✓ 猫" * 100}
+    size = len(json.dumps(args, separators=(",", ":")).encode("utf-8"))
 
-    with pytest.raises(ArgsTooLargeError):
-        build_job("my_job", args, {}, now=NOW, max_args_bytes=1500)
+    with pytest.raises(ArgsTooLargeError, match=f"are {size} bytes as JSON"):
+        build_job("my_job", args, {}, now=NOW, max_args_bytes=size - 1)
+    assert build_job("my_job", args, {}, now=NOW, max_args_bytes=size).args == args
 
 
 # -- times ------------------------------------------------------------------------------
