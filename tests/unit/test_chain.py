@@ -51,7 +51,8 @@ def fired(deferred: Deferred[AttemptOutcome]) -> AttemptOutcome:
 
 
 def pending(deferred: Deferred[Any]) -> bool:
-    return not deferred.called
+    """Whether the Deferred has no result yet (a Deferred waiting on another has none)."""
+    return not deferred.called or isinstance(deferred.result, Deferred)
 
 
 def attempt(definition: JobDefinition, args: Args, **options: Any) -> Deferred[AttemptOutcome]:
