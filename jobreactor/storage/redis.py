@@ -31,7 +31,7 @@ from typing import Any
 
 import attrs
 import txredisapi
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -357,6 +357,14 @@ def _parse_url(url: str) -> dict[str, Any]:
 
 
 def _tls_options(url: str, host: str, value: dict[str, str]) -> Any:
+    try:
+        from twisted.internet import ssl  # needs pyOpenSSL: Twisted's "tls" extra
+    except ImportError as error:
+        raise ConfigError(
+            f"redis storage URL {_safe(url)!r}: rediss:// needs TLS support, which is missing "
+            f"({error}); install twisted[tls]"
+        ) from None
+
     def read(name: str) -> str:
         try:
             return Path(value[name]).read_text()

@@ -53,11 +53,20 @@ class RedisServer:
     RDB snapshots are always off (``--save ''``), so only the AOF can bring data back.
     """
 
-    def __init__(self, directory: Path, *, appendonly: bool, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool,
+        extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
         self.extra = extra
+        #: (certificate, key, CA) files: the server then speaks TLS only, on ``port``.
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,10 +82,16 @@ class RedisServer:
     def start(self) -> None:
         assert self.process is None, "already running"
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.tls is None:
+            ports = ["--port", str(self.port)]
+        else:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            ports += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            ports += ["--tls-ca-cert-file", str(ca)]
         command = [
             redis_server_binary(),
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -105,10 +120,14 @@ class RedisServer:
         pytest.fail(f"redis-server did not answer on port {self.port} within {WAIT} s")
 
     def ping(self) -> bool:
+        """Whether the server answers (a TLS one: whether it accepts connections)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                if self.tls is not None:
+                    return True
                 connection.sendall(b"PING\r\n")
-                return connection.recv(64).startswith(b"+PONG")
+                # NOAUTH: up, and wants a password; LOADING (its AOF) is not ready yet.
+                return connection.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -123,6 +142,16 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=WAIT)
+
+    def cli(self, *args: str, db: int = 0, password: str | None = None) -> str:
+        """The ``redis-cli --raw`` output of one command (plain servers only)."""
+        command = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "-n", str(db), "--raw"]
+        if password is not None:
+            command += ["--no-auth-warning", "-a", password]
+        done = subprocess.run(
+            [*command, *args], capture_output=True, text=True, timeout=WAIT, check=True
+        )
+        return done.stdout
 
     def restart(self) -> None:
         self.stop()
@@ -146,8 +175,14 @@ def redis_servers(tmp_path: Path) -> Iterator[Any]:
     """
     started: list[RedisServer] = []
 
-    def make(*, appendonly: bool = False, extra: tuple[str, ...] = ()) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis-{len(started)}", appendonly=appendonly, extra=extra)
+    def make(
+        *,
+        appendonly: bool = False,
+        extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> RedisServer:
+        directory = tmp_path / f"redis-{len(started)}"
+        server = RedisServer(directory, appendonly=appendonly, extra=extra, tls=tls)
         started.append(server)
         server.start()
         return server

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 
+from jobreactor.errors import ConfigError
 from jobreactor.model import Job, Status
-from jobreactor.storage import IJobStorage
+from jobreactor.storage import IJobStorage, MemoryStorage, SQLiteStorage, StorageError, open_storage
 
 from .conftest import WAIT
 
@@ -216,3 +220,94 @@ async def test_many_jobs(storage: IJobStorage) -> None:
     queued = await wait(storage.jobs_for("node-1", [Status.QUEUED]))
     assert sorted(queued, key=lambda job: job.id) == jobs
     assert len(await wait(storage.jobs_for("node-1"))) == 501
+
+
+# -- choosing a storage by URL -------------------------------------------------------------
+
+
+def test_open_storage_memory_and_instances() -> None:
+    assert isinstance(open_storage("memory"), MemoryStorage)
+    assert isinstance(open_storage("memory_storage"), MemoryStorage)
+    given = MemoryStorage()
+    assert open_storage(given) is given
+
+
+def test_open_storage_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    absolute = open_storage("sqlite:/var/lib/jr/jobs.db")
+    assert isinstance(absolute, SQLiteStorage)
+    assert (absolute.path, absolute.create, absolute.synchronous) == (
+        "/var/lib/jr/jobs.db",
+        True,
+        "full",
+    )
+    assert open_storage("sqlite:///var/lib/jr/jobs.db").path == "/var/lib/jr/jobs.db"
+    # A relative path is fixed now, from the current directory: a later chdir cannot move it.
+    assert open_storage("sqlite:jobs.db").path == str(tmp_path / "jobs.db")
+    assert open_storage("sqlite:data/jobs.db").path == str(tmp_path / "data" / "jobs.db")
+    assert open_storage("sqlite:jobs.db?synchronous=normal").synchronous == "normal"
+    assert open_storage("sqlite:jobs.db", create=False).create is False
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("sqlite:", "names no file"),
+        ("sqlite://host/jobs.db", "names a file, not a host ('host')"),
+        ("sqlite:jobs.db?mode=ro", "unknown option 'mode'"),
+        ("sqlite:jobs.db?synchronous=off", "synchronous must be one of full, normal"),
+        ("mysql://localhost/jobs", "is not understood; use 'memory', 'sqlite:"),
+        ("jobs.db", "is not understood"),
+    ],
+)
+def test_open_storage_refuses_what_it_cannot_read(spec: str, complaint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        open_storage(spec)
+    assert complaint in str(info.value)
+
+
+def test_open_storage_refuses_other_objects() -> None:
+    with pytest.raises(ConfigError, match="not 42"):
+        open_storage(42)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_persists_across_reopen_and_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    first = SQLiteStorage(str(path))
+    await wait(first.open())
+    await wait(first.save("node-1", full_job(id="kept")))
+    await wait(first.close())
+    second = SQLiteStorage(str(path), create=False)
+    await wait(second.open())
+    try:
+        assert await wait(second.load("node-1", "kept")) == full_job(id="kept")
+    finally:
+        await wait(second.close())
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN SELECT data FROM jobs WHERE node = ? AND status IN (?, ?)",
+            ("node-1", "queued", "error"),
+        ).fetchall()
+        # An index finds the node's rows (never a scan of the whole table).
+        assert "SEARCH jobs USING" in str(plan) and "SCAN" not in str(plan)
+        connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_without_create_refuses_a_missing_file(tmp_path: Path) -> None:
+    storage = SQLiteStorage(str(tmp_path / "missing.db"), create=False)
+    with pytest.raises(StorageError, match="no SQLite database at"):
+        await wait(storage.open())
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(StorageError, match="not open"):
+        await wait(storage.save("node-1", full_job()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_in_a_missing_directory_fails_clearly(tmp_path: Path) -> None:
+    storage = SQLiteStorage(str(tmp_path / "no" / "such" / "jobs.db"))
+    with pytest.raises(StorageError, match="opening: unable to open database file"):
+        await wait(storage.open())
+    await wait(storage.close())

@@ -1,0 +1,240 @@
+"""The ``jr`` command: look at and clean the jobs a node keeps in its storage.
+
+``jr --storage URL list NODE [--status S]``, ``show NODE ID``, ``destroy NODE ID``,
+``destroy-all NODE [--yes]`` and ``counts``; ``--json`` prints JSON instead of a table.
+The storage URL may also come from the ``JR_STORAGE`` environment variable. Exit status:
+0 done, 1 the storage failed or the job is not there (or destroy-all was not confirmed),
+2 the command line or the storage URL is wrong. Errors are one line on standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
+from jobreactor.errors import ConfigError, JobReactorError
+from jobreactor.model import Job, Status
+from jobreactor.monitor import Monitor, parse_status
+from jobreactor.storage import STORAGE_FORMS, IJobStorage, open_storage
+
+#: Fields shown as times (POSIX seconds in storage).
+TIME_FIELDS = ("run_at", "failed_at", "enqueued_at")
+
+
+class CommandError(Exception):
+    """A failure to report in one line, with the exit status to leave with."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jr",
+        description="Look at and clean the jobs that jobreactor nodes keep in their storage.",
+        epilog=f"Storage URLs: {STORAGE_FORMS}.",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        default=os.environ.get("JR_STORAGE"),
+        help="the storage the nodes use (default: $JR_STORAGE)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON instead of a readable table"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    listing = commands.add_parser("list", help="list the jobs of a node")
+    listing.add_argument("node")
+    listing.add_argument(
+        "--status",
+        action="append",
+        type=_status,
+        metavar="S",
+        help="only jobs in this status (repeatable): " + ", ".join(s.value for s in Status),
+    )
+
+    show = commands.add_parser("show", help="show every field of one job")
+    show.add_argument("node")
+    show.add_argument("job_id", metavar="ID")
+
+    destroy = commands.add_parser("destroy", help="remove one job from the storage")
+    destroy.add_argument("node")
+    destroy.add_argument("job_id", metavar="ID")
+
+    destroy_all = commands.add_parser("destroy-all", help="remove every job of a node")
+    destroy_all.add_argument("node")
+    destroy_all.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    commands.add_parser("counts", help="how many jobs each node has in each status")
+    return parser
+
+
+def _status(text: str) -> Status:
+    try:
+        return parse_status(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jr`` with ``argv`` (default: the command line) and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.storage:
+        parser.error("say which storage with --storage URL (or set JR_STORAGE)")
+    try:
+        storage = open_storage(args.storage, create=False)
+    except ConfigError as error:
+        return _fail(str(error), 2)
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(_run(storage, args)))
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    return 0  # pragma: no cover - react() always exits
+
+
+async def _run(storage: IJobStorage, args: argparse.Namespace) -> None:
+    """Open the storage, run the command, close; raises SystemExit with the exit status."""
+    status = 0
+    try:
+        await storage.open()
+        try:
+            await _command(Monitor(storage), args, sys.stdout)
+        finally:
+            await storage.close()
+    except CommandError as error:
+        status = _fail(str(error), error.status)
+    except JobReactorError as error:
+        status = _fail(str(error), 1)
+    except Exception as error:  # one line, never a traceback
+        status = _fail(f"unexpected {type(error).__name__}: {error}", 1)
+    raise SystemExit(status)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"jr: error: {message}", file=sys.stderr)
+    return status
+
+
+async def _command(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> None:
+    if args.command == "list":
+        jobs = await monitor.jobs_for(args.node, args.status)
+        if args.json:
+            _print_json([job.to_wire() for job in jobs], out)
+        elif not jobs:
+            which = f" in status {', '.join(s.value for s in args.status)}" if args.status else ""
+            print(f"node {args.node} has no jobs{which}", file=out)
+        else:
+            _print_table(
+                ["ID", "NAME", "STATUS", "ATTEMPT", "RUN AT", "PERIOD", "LAST ERROR"],
+                [_row(job) for job in jobs],
+                out,
+            )
+    elif args.command == "show":
+        job = await monitor.load(args.node, args.job_id)
+        if job is None:
+            raise CommandError(f"node {args.node} has no job {args.job_id}")
+        if args.json:
+            _print_json(job.to_wire(), out)
+        else:
+            _print_job(job, out)
+    elif args.command == "destroy":
+        destroyed = await monitor.destroy(args.node, args.job_id)
+        if args.json:
+            _print_json({"node": args.node, "id": args.job_id, "destroyed": destroyed}, out)
+        if not destroyed:
+            raise CommandError(f"node {args.node} has no job {args.job_id}")
+        if not args.json:
+            print(f"destroyed job {args.job_id} of node {args.node}", file=out)
+    elif args.command == "destroy-all":
+        count = len(await monitor.jobs_for(args.node))
+        if count and not args.yes and not _confirm(args.node, count):
+            raise CommandError("nothing destroyed (not confirmed; --yes skips the question)")
+        removed = await monitor.destroy_all_jobs_for(args.node) if count else 0
+        if args.json:
+            _print_json({"node": args.node, "destroyed": removed}, out)
+        else:
+            print(f"destroyed {removed} job(s) of node {args.node}", file=out)
+    elif args.command == "counts":
+        counts = await monitor.counts()
+        if args.json:
+            _print_json(
+                {node: {s.value: n for s, n in per.items()} for node, per in counts.items()}, out
+            )
+        elif not counts:
+            print("no jobs stored", file=out)
+        else:
+            statuses = [s for s in Status if any(s in per for per in counts.values())]
+            rows = [
+                [node, *(str(per.get(s, 0)) for s in statuses), str(sum(per.values()))]
+                for node, per in counts.items()
+            ]
+            _print_table(["NODE", *(s.value.upper() for s in statuses), "TOTAL"], rows, out)
+
+
+def _confirm(node: str, count: int) -> bool:
+    print(f"Destroy all {count} job(s) of node {node}? [y/N] ", end="", file=sys.stderr)
+    sys.stderr.flush()
+    answer = sys.stdin.readline()  # "" at end of input: no
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _row(job: Job) -> list[str]:
+    error = job.last_error or "-"
+    return [
+        job.id,
+        job.name,
+        job.status.value,
+        str(job.attempt),
+        _when(job.run_at),
+        "-" if job.period is None else f"{job.period:g}s",
+        error if len(error) <= 40 else error[:39] + "…",
+    ]
+
+
+def _print_table(headers: list[str], rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for line in [headers, *rows]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip(),
+            file=out,
+        )
+
+
+def _print_job(job: Job, out: TextIO) -> None:
+    wire = job.to_wire()
+    width = max(len(field) for field in wire)
+    for field, value in wire.items():
+        if field in TIME_FIELDS and value is not None:
+            text = f"{_when(value)} ({value!r})"
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        print(f"{field.ljust(width)}  {text}", file=out)
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False), file=out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
