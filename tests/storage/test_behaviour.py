@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from pathlib import Path
@@ -284,7 +285,7 @@ async def test_sqlite_persists_across_reopen_and_is_wal(tmp_path: Path) -> None:
         assert await wait(second.load("node-1", "kept")) == full_job(id="kept")
     finally:
         await wait(second.close())
-    with sqlite3.connect(path) as connection:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         plan = connection.execute(
             "EXPLAIN QUERY PLAN SELECT data FROM jobs WHERE node = ? AND status IN (?, ?)",
@@ -292,7 +293,6 @@ async def test_sqlite_persists_across_reopen_and_is_wal(tmp_path: Path) -> None:
         ).fetchall()
         # An index finds the node's rows (never a scan of the whole table).
         assert "SEARCH jobs USING" in str(plan) and "SCAN" not in str(plan)
-        connection.close()
 
 
 @pytest_twisted.ensureDeferred
