@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib.util
+import math
 import sys
 import traceback
 import uuid
@@ -124,6 +125,8 @@ def job(
     ``timeout`` override the settings for this job (an ``enqueue`` option overrides them).
     """
 
+    _check_limits(name, max_attempt, retry_delay, timeout)
+
     def register(function: F) -> F:
         _active.get().add_job(
             name, function, max_attempt=max_attempt, retry_delay=retry_delay, timeout=timeout
@@ -131,6 +134,39 @@ def job(
         return function
 
     return register
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _check_limits(name: str, max_attempt: Any, retry_delay: Any, timeout: Any) -> None:
+    """Refuse a bad limit where it is written, not when the first attempt runs into it."""
+    if max_attempt is not None and (
+        isinstance(max_attempt, bool) or not isinstance(max_attempt, int) or max_attempt < 1
+    ):
+        raise JobDefinitionError(
+            f"job {name!r}: max_attempt must be a positive integer, not {max_attempt!r}"
+        )
+    if retry_delay is not None and not callable(retry_delay):
+        delay = _seconds(retry_delay)
+        if delay is None or delay < 0:
+            raise JobDefinitionError(
+                f"job {name!r}: retry_delay must be seconds (at least 0) or a callable "
+                f"retry_delay(attempt), not {retry_delay!r}"
+            )
+    if timeout is not None:
+        seconds = _seconds(timeout)
+        if seconds is None or seconds <= 0:
+            raise JobDefinitionError(
+                f"job {name!r}: timeout must be a number of seconds above 0, not {timeout!r}"
+            )
 
 
 def job_callback(job_name: str, name: str | None = None) -> Callable[[F], F]:

@@ -100,6 +100,43 @@ def test_a_job_name_must_be_a_non_empty_string(name: Any) -> None:
         job(name)(lambda args: None)
 
 
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        ({"max_attempt": 0}, "max_attempt must be a positive integer"),
+        ({"max_attempt": True}, "max_attempt must be a positive integer"),
+        ({"max_attempt": "3"}, "max_attempt must be a positive integer"),
+        ({"retry_delay": -1}, "retry_delay must be seconds"),
+        ({"retry_delay": "5"}, "retry_delay must be seconds"),
+        ({"retry_delay": float("nan")}, "retry_delay must be seconds"),
+        ({"timeout": 0}, "timeout must be a number of seconds above 0"),
+        ({"timeout": "30"}, "timeout must be a number of seconds above 0"),
+        ({"timeout": float("inf")}, "timeout must be a number of seconds above 0"),
+    ],
+)
+def test_bad_job_limits_are_refused_where_they_are_written(
+    limits: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(JobDefinitionError, match=f"job 'limited': {problem}"):
+        job("limited", **limits)
+
+
+def test_good_job_limits_are_kept() -> None:
+    def backoff(attempt: int) -> float:
+        return min(2.0**attempt, 60.0)
+
+    registry = JobRegistry()
+    with registering_into(registry):
+        job("limited", max_attempt=2, retry_delay=backoff, timeout=0.5)(print)
+        job("fixed_delay", retry_delay=0)(print)
+
+    limited = registry.get("limited")
+    assert limited is not None
+    assert (limited.max_attempt, limited.retry_delay, limited.timeout) == (2, backoff, 0.5)
+    fixed = registry.get("fixed_delay")
+    assert fixed is not None and fixed.retry_delay == 0
+
+
 def test_a_callback_for_an_undefined_job_is_refused_when_checked() -> None:
     registry = JobRegistry()
     with registering_into(registry):
