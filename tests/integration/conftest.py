@@ -65,8 +65,49 @@ def sleepy(args):
 
 @job("blocking", max_attempt=1)
 def blocking(args):
+    import threading
+
+    started = time.time()
     time.sleep(args.get("seconds", 0.2))
-    return {"pid": os.getpid()}
+    return {
+        "pid": os.getpid(),
+        "thread": threading.current_thread().name,
+        "started": started,
+        "ended": time.time(),
+    }
+
+
+@job("stamp")
+def stamp(args):
+    import threading
+
+    return {"at": time.time(), "thread": threading.current_thread().name}
+
+
+@job("count_runs")
+def count_runs(args):
+    runs = args.get("runs", 0) + 1
+    if runs > args.get("stop_after", 1000):
+        raise CancelJob()
+    return {"runs": runs}
+
+
+@job("fail_then_cancel")
+def fail_then_cancel(args):
+    raise ValueError("always")
+
+
+@job_errback("fail_then_cancel", "stop")
+def stop(args):
+    args["stopped"] = True
+    raise CancelJob()
+
+
+@job("forever")
+def forever(args):
+    from twisted.internet.defer import Deferred
+
+    return Deferred()
 """
 
 
