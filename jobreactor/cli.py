@@ -180,7 +180,8 @@ async def _command(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> N
                 [node, *(str(per.get(s, 0)) for s in statuses), str(sum(per.values()))]
                 for node, per in counts.items()
             ]
-            _print_table(["NODE", *(s.value.upper() for s in statuses), "TOTAL"], rows, out)
+            headers = [s.value.upper().replace(" ", "-") for s in statuses]
+            _print_table(["NODE", *headers, "TOTAL"], rows, out)
 
 
 def _confirm(node: str, count: int) -> bool:
@@ -223,7 +224,9 @@ def _print_job(job: Job, out: TextIO) -> None:
     wire = job.to_wire()
     width = max(len(field) for field in wire)
     for field, value in wire.items():
-        if field in TIME_FIELDS and value is not None:
+        if value is None:
+            text = "-"
+        elif field in TIME_FIELDS:
             text = f"{_when(value)} ({value!r})"
         elif isinstance(value, str):
             text = value

@@ -81,12 +81,20 @@ class Config:
     #: Jobs a node runs at once unless ``start_node(slots=...)`` says otherwise.
     node_slots: int = attrs.field(default=50, validator=_check(int, minimum=1))
     #: Largest JSON form of one job's args, in bytes; larger args are refused at enqueue.
-    max_args_bytes: int = attrs.field(default=1024 * 1024, validator=_check(int, minimum=1024))
+    max_args_bytes: int = attrs.field(
+        default=1024 * 1024, validator=_check(int, minimum=1024, maximum=8 * 1024 * 1024)
+    )
     #: Seconds a distributor keeps a lost node's jobs before giving them to another node.
     node_grace_period: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a new connection may take to say ``Hello`` before the distributor closes it
     #: (a port scanner or a stray client sending garbage does not hold a connection open).
     hello_timeout: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0.001))
+    #: A connection quiet this long gets a ``Heartbeat``; one silent for ``heartbeat_timeout``
+    #: is dropped (a stopped or frozen peer is noticed within timeout + interval seconds).
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_check(NUMBER, minimum=0.01))
+    heartbeat_timeout: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0.02))
+    #: Seconds a stopping node lets running jobs finish before handing them back.
+    shutdown_grace_period: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0))
 
     def __getitem__(self, name: str) -> Any:
         self._known(name)

@@ -9,6 +9,7 @@ back to the queue after ``node_grace_period``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
@@ -38,14 +39,18 @@ from jobreactor.protocol import (
     HelloFirst,
     JobReactorAMP,
     JobsDone,
+    Leaving,
     RunJobs,
     UnsupportedVersion,
+    in_boxes,
 )
 
 Feedback = Callable[[dict[str, Any]], Any]
 
-#: Jobs per ``RunJobs`` box: large enough to amortise a round trip, small enough to interleave.
-BATCH_SIZE = 200
+#: Seconds ``stopService`` waits for nodes to answer the jobs already sent to them.
+STOP_WAIT = 5.0
+#: Seconds a node that refused jobs for its own trouble gets none.
+REST_SECONDS = 1.0
 
 log = Logger()
 
@@ -62,6 +67,8 @@ class _Entry:
     node: str | None = None
     #: The last run whose feedback fired: a report for it again is a duplicate.
     last_run: int = 0
+    #: Bytes of the job's JSON form, roughly: what it costs in a RunJobs box.
+    size: int = 0
 
 
 @attrs.frozen
@@ -83,9 +90,15 @@ class _NodeLink:
     slots: int
     protocol: DistributorProtocol
     load: set[str] = attrs.Factory(set)
+    #: The node said it is stopping: it gets no more jobs.
+    leaving: bool = False
+    #: The node refused jobs for its own trouble (storage down): rest it a moment.
+    resting: bool = False
 
     @property
     def room(self) -> int:
+        if self.leaving or self.resting:
+            return 0
         return self.slots - len(self.load)
 
 
@@ -119,6 +132,14 @@ class DistributorProtocol(JobReactorAMP):
         self, name: str, slots: int, version: int, held: Any, credentials: Any
     ) -> dict[str, Any]:
         return self.distributor._hello(self, name, slots, version, held)
+
+    @Leaving.responder
+    def leaving(self) -> dict[str, Any]:
+        if self.link is None:
+            raise HelloFirst("send Hello before Leaving")
+        self.link.leaving = True
+        log.info("node {node} is stopping: no more jobs for it", node=self.link.name)
+        return {}
 
     @JobsDone.responder
     def jobs_done(self, reports: Any) -> dict[str, Any]:
@@ -169,6 +190,7 @@ class Distributor(service.Service):
         self._links: dict[str, _NodeLink] = {}
         self._grace_timers: dict[str, IDelayedCall] = {}
         self._dispatch_call: IDelayedCall | None = None
+        self._in_flight: set[Deferred[Any]] = set()
         self._port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
         self._node_waiters: list[tuple[tuple[int, frozenset[str]], Deferred[list[NodeInfo]]]] = []
@@ -231,21 +253,29 @@ class Distributor(service.Service):
         """The listening address (``.host``, ``.port``), once listening."""
         return self._port.getHost() if self._port is not None else None
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """Stop taking nodes and sending jobs; wait (at most ``STOP_WAIT`` s) for the
+        ``RunJobs`` boxes already sent to be answered, then close every connection."""
         super().stopService()
         for timer in [self._dispatch_call, *self._grace_timers.values()]:
             if timer is not None and timer.active():
                 timer.cancel()
         self._grace_timers.clear()
         self._dispatch_call = None
-        for link in list(self._links.values()):
-            if link.protocol.transport is not None:
-                link.protocol.transport.loseConnection()
+        stopped: Deferred[Any] = succeed(None)
         if self._port is not None:
-            stopped: Deferred[None] = self._port.stopListening()  # type: ignore[assignment]
+            stopped = maybeDeferred(self._port.stopListening)
             self._port = None
+        answered = DeferredList(list(self._in_flight), consumeErrors=True)
+        answered.addTimeout(STOP_WAIT, self._clock)
+
+        def close(_: Any) -> Deferred[Any]:
+            for link in list(self._links.values()):
+                if link.protocol.transport is not None:
+                    link.protocol.transport.loseConnection()
             return stopped
-        return None
+
+        return answered.addBoth(close).addCallback(lambda _: None)
 
     # -- the application's side --------------------------------------------------------
 
@@ -291,7 +321,8 @@ class Distributor(service.Service):
         if job.id in self._owned:
             raise InvalidJobError(f"job id {job.id} is already queued")
         handle = handle or self.new_handle(job)
-        entry = _Entry(job=job, handle=handle, success=success, error=error)
+        size = len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields
+        entry = _Entry(job=job, handle=handle, success=success, error=error, size=size)
         self._owned[job.id] = entry
         self._waiting.append(entry)
         self._schedule_dispatch()
@@ -306,11 +337,7 @@ class Distributor(service.Service):
             self._waiting.remove(entry)
             self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
             return
-        link = self._links.get(entry.node)
-        if link is not None:
-            self._call(link, CancelJobs, job_ids=[entry.job.id]).addErrback(
-                self._log_failure, "cancelling job {job_id}", job_id=entry.job.id
-            )
+        self._cancel_on(entry.node, entry.job.id)
 
     def nodes(self) -> list[NodeInfo]:
         """The connected nodes, with their slots and load."""
@@ -383,9 +410,10 @@ class Distributor(service.Service):
         for entry in entries:
             entry.node = link.name
             link.load.add(entry.job.id)
-        for start in range(0, len(entries), BATCH_SIZE):
-            batch = entries[start : start + BATCH_SIZE]
+        for batch in in_boxes(entries, lambda entry: entry.size):
             sent = self._call(link, RunJobs, jobs=[entry.job.to_wire() for entry in batch])
+            self._in_flight.add(sent)
+            sent.addBoth(self._landed, sent)
             sent.addCallbacks(
                 self._sent, self._send_failed, callbackArgs=(link, batch), errbackArgs=(link, batch)
             )
@@ -398,14 +426,39 @@ class Distributor(service.Service):
             return fail()
         return result
 
+    def _landed(self, result: Any, sent: Deferred[Any]) -> Any:
+        self._in_flight.discard(sent)
+        return result
+
+    def _rest(self, link: _NodeLink) -> None:
+        if link.resting:
+            return
+        link.resting = True
+
+        def wake() -> None:
+            link.resting = False
+            self._schedule_dispatch()
+
+        self._clock.callLater(REST_SECONDS, wake)
+
     def _sent(self, answer: dict[str, Any], link: _NodeLink, batch: list[_Entry]) -> None:
         for job_id in answer.get("parked") or []:
             link.load.discard(job_id)
+        retry_elsewhere: list[_Entry] = []
         for refusal in answer.get("rejected") or []:
             entry = self._owned.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
             if entry is None:
                 continue
             link.load.discard(entry.job.id)
+            if refusal.get("retry") and entry.node == link.name:
+                log.warn(
+                    "node {node} could not take job {job_id}: {error}",
+                    node=link.name,
+                    job_id=entry.job.id,
+                    error=refusal.get("error"),
+                )
+                retry_elsewhere.append(entry)
+                continue
             message = str(refusal.get("error", "refused by the node"))
             args = dict(entry.job.args, error=message, error_type="RejectedByNode")
             self._finish_with_report(
@@ -414,6 +467,9 @@ class Distributor(service.Service):
                     entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message
                 ),
             )
+        if retry_elsewhere:
+            self._rest(link)
+            self._requeue(retry_elsewhere)
         self._schedule_dispatch()
 
     def _send_failed(self, failure: Failure, link: _NodeLink, batch: list[_Entry]) -> None:
@@ -458,6 +514,9 @@ class Distributor(service.Service):
         link = _NodeLink(name=name, slots=slots, protocol=protocol)
         self._links[name] = link
         protocol.link = link
+        protocol.start_heartbeat(
+            self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
+        )
         timer = self._grace_timers.pop(name, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -523,8 +582,22 @@ class Distributor(service.Service):
             if entry is None:
                 log.debug("ignoring a report for job {job_id}: not pending", job_id=report.job_id)
                 continue
+            if report.handed_back:
+                if entry.node == link.name:
+                    self._requeue([entry])
+                continue
+            elsewhere = entry.node
             self._apply(entry, report)
+            if report.final and elsewhere not in (None, link.name):
+                self._cancel_on(elsewhere, entry.job.id)  # a late node finished it first
         self._schedule_dispatch()
+
+    def _cancel_on(self, node: str | None, job_id: str) -> None:
+        link = self._links.get(node or "")
+        if link is not None:
+            self._call(link, CancelJobs, job_ids=[job_id]).addErrback(
+                self._log_failure, "cancelling job {job_id}", job_id=job_id
+            )
 
     def _apply(self, entry: _Entry, report: Report) -> None:
         if report.feedback is not None:
@@ -537,7 +610,9 @@ class Distributor(service.Service):
                 return
             entry.last_run = report.run
         if report.final:
-            entry.job = attrs.evolve(entry.job, status=report.status, run=report.run, args=report.args)
+            entry.job = attrs.evolve(
+                entry.job, status=report.status, run=report.run, args=report.args
+            )
         else:
             # The job goes on at its node; keep what a re-route would need. A retry starts
             # again from the attempt's starting args, a periodic run from the args it left.

@@ -245,6 +245,8 @@ class Report:
     #: attempts used so far, so a distributor that re-routes it keeps its schedule.
     run_at: float | None = None
     attempt: int = 0
+    #: The node is stopping and gives the job back unstarted: route it to another node.
+    handed_back: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -293,6 +295,11 @@ class Report:
             raise InvalidJobError(
                 f"report field 'attempt' of job {job_id} must be a non-negative integer"
             )
+        handed_back = data.get("handed_back", False)
+        if not isinstance(handed_back, bool):
+            raise InvalidJobError(
+                f"report field 'handed_back' of job {job_id} must be true or false"
+            )
         return cls(
             job_id=job_id,
             run=run,
@@ -304,4 +311,5 @@ class Report:
             error_type=data.get("error_type"),
             run_at=run_at,
             attempt=attempt,
+            handed_back=handed_back,
         )

@@ -9,6 +9,7 @@ that link is down they wait in its outbox and go out when it is back.
 from __future__ import annotations
 
 import functools
+import json
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -37,11 +40,19 @@ from jobreactor.protocol import (
     Hello,
     JobReactorAMP,
     JobsDone,
+    Leaving,
     RunJobs,
+    in_boxes,
 )
 from jobreactor.storage import IJobStorage, open_storage
 
 log = Logger()
+
+#: A report bigger than this (args grown by the job) goes back with an error instead.
+MAX_REPORT_BYTES = 12 * 1024 * 1024
+
+#: Seconds a stopping node waits for a distributor to answer ``Leaving`` or ``JobsDone``.
+STOP_MESSAGE_WAIT = 5.0
 
 #: Statuses of jobs a restarted node picks up again.
 UNFINISHED = (Status.NEW, Status.QUEUED, Status.IN_PROGRESS, Status.ERROR)
@@ -57,6 +68,23 @@ def endpoint_description(address: str | tuple[str, int]) -> str:
             f"a distributor address is (host, port) or an endpoint string, not {address!r}"
         )
     return address
+
+
+def _wire_report(report: Report) -> tuple[dict[str, Any], int]:
+    """A report's wire form and size; args that cannot travel are replaced by an error."""
+    data = report.to_wire()
+    try:
+        size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as error:
+        data["args"] = {"error": f"the job's args could not be sent: {error}"}
+        data["error"] = data["error"] or data["args"]["error"]
+        size = len(json.dumps(data, separators=(",", ":"), default=repr))
+    if size > MAX_REPORT_BYTES:
+        message = f"the job's final args are {size} bytes, above the {MAX_REPORT_BYTES} limit"
+        data["args"] = {"error": message}
+        data["error"] = data["error"] or message
+        size = len(json.dumps(data, separators=(",", ":"), default=repr))
+    return data, size
 
 
 class _NodeProtocolFactory(Factory):
@@ -107,6 +135,7 @@ class _DistributorLink:
     distributor_id: str | None = None
     outbox: list[Report] = attrs.Factory(list)
     flush_call: IDelayedCall | None = None
+    in_flight: set[Deferred[Any]] = attrs.Factory(set)
 
     def send(self, report: Report) -> None:
         self.outbox.append(report)
@@ -119,13 +148,24 @@ class _DistributorLink:
         if self.protocol is None or not self.outbox:
             return
         reports, self.outbox = self.outbox, []
+        wire = [_wire_report(report) for report in reports]
+        for box in in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1]):
+            self._send_box([report for report, _ in box], [data for _, (data, _) in box])
+
+    def _send_box(self, reports: list[Report], wire: list[dict[str, Any]]) -> None:
+        assert self.protocol is not None
         try:
-            sent: Deferred[Any] = self.protocol.callRemote(
-                JobsDone, reports=[report.to_wire() for report in reports]
-            )
+            sent: Deferred[Any] = self.protocol.callRemote(JobsDone, reports=wire)
         except Exception:
             log.failure("could not send {count} reports", count=len(reports))
             return
+        self.in_flight.add(sent)
+
+        def landed(result: Any) -> Any:
+            self.in_flight.discard(sent)
+            return result
+
+        sent.addBoth(landed)
 
         def failed(failure: Failure) -> None:
             if failure.check(internet_error.ConnectionClosed):
@@ -197,6 +237,10 @@ class Node(service.MultiService):
             minthreads=0, maxthreads=self.config.thread_pool_size, name=f"jobreactor-{name}"
         )
         self._started: Deferred[Node | None] | None = None
+        self._stopping = False
+        self._stopped: Deferred[None] | None = None
+        self._drained: Deferred[None] | None = None
+        self._handing_back: set[str] = set()
         self._start_failure: Failure | None = None
 
     # -- service life --------------------------------------------------------------
@@ -250,19 +294,106 @@ class Node(service.MultiService):
         return done
 
     def stopService(self) -> Deferred[Any]:
-        stopping: Deferred[Any] = succeed(None)
+        """Stop gracefully: take no more jobs, hand back those not started, let running ones
+        finish for up to ``shutdown_grace_period`` seconds (then hand them back too), deliver
+        the reports, and only then close the connections and the storage."""
+        if self._stopped is None:
+            self._stopped = Deferred.fromCoroutine(self._stop())
+            self._stopped.addErrback(self._log_failure, "stopping node {node}", node=self.name)
+        done: Deferred[Any] = Deferred()
+
+        def relay(result: Any) -> Any:
+            done.callback(None)
+            return result
+
+        self._stopped.addBoth(relay)
+        return done
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        config = self.config
+        log.info("node {node} stopping", node=self.name)
+        await self._bounded(
+            [
+                link.protocol.callRemote(Leaving)
+                for link in self._links.values()
+                if link.protocol is not None
+            ],
+            STOP_MESSAGE_WAIT,
+        )
+        for job in list(self._jobs.values()):
+            if job.id not in self._running:
+                self._hand_back(job)
+        self._ready.clear()
+        if self._running:
+            self._drained = Deferred()
+            self._drained.addTimeout(config.shutdown_grace_period, self._clock)
+            try:
+                await self._drained
+            except defer.TimeoutError:
+                log.warn(
+                    "node {node}: {count} jobs still running after {seconds} s; handing them back",
+                    node=self.name,
+                    count=len(self._running),
+                    seconds=config.shutdown_grace_period,
+                )
+                for job_id, running in list(self._running.items()):
+                    self._handing_back.add(job_id)
+                    running.cancel()
+        for link in self._links.values():
+            if link.flush_call is not None and link.flush_call.active():
+                link.flush_call.cancel()
+            link.flush()
+        await self._bounded(
+            [sent for link in self._links.values() for sent in link.in_flight], STOP_MESSAGE_WAIT
+        )
         if self.running:
-            stopping = service.MultiService.stopService(self) or succeed(None)
+            await defer.maybeDeferred(service.MultiService.stopService, self)
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
         self._timers.clear()
-        for link in self._links.values():
-            if link.flush_call is not None and link.flush_call.active():
-                link.flush_call.cancel()
-            link.flush_call = None
-        self._threadpool.stop()
-        return stopping.addCallback(lambda _: self.storage.close())
+        # ThreadPool.stop joins its threads: do it off the reactor thread, and do not wait
+        # forever for a thread job that never ends.
+        await self._bounded(
+            [deferToThread(self._threadpool.stop)], config.shutdown_grace_period or 1.0
+        )
+        await self.storage.close()
+        log.info("node {node} stopped", node=self.name)
+
+    async def _bounded(self, waits: list[Deferred[Any]], seconds: float) -> None:
+        if not waits:
+            return
+        together = DeferredList(waits, consumeErrors=True)
+        together.addTimeout(seconds, self._clock)
+        try:
+            await together
+        except defer.TimeoutError:
+            log.warn(
+                "node {node}: gave up waiting after {seconds} s", node=self.name, seconds=seconds
+            )
+
+    def _hand_back(self, job: Job) -> None:
+        """Give an unstarted job back to its distributor (this node is stopping)."""
+        self._forget(job.id)
+        self.storage.remove(self.node_name, job.id).addErrback(
+            self._log_failure, "removing job {job_id}", job_id=job.id
+        )
+        link = self._links.get(job.distributor or "")
+        if link is not None:
+            link.send(
+                Report(
+                    job.id,
+                    job.run,
+                    job.status,
+                    None,
+                    False,
+                    job.args,
+                    run_at=job.run_at,
+                    attempt=job.attempt,
+                    handed_back=True,
+                )
+            )
 
     def connected_distributors(self) -> list[str]:
         """Endpoints of the distributors this node has a live session with."""
@@ -286,7 +417,18 @@ class Node(service.MultiService):
 
         def welcomed(answer: dict[str, Any]) -> None:
             link.protocol = protocol
+            if link.distributor_id not in (None, answer["distributor_id"]) and link.outbox:
+                log.warn(
+                    "distributor {endpoint} restarted: dropping {count} reports meant for "
+                    "its previous process",
+                    endpoint=link.endpoint,
+                    count=len(link.outbox),
+                )
+                link.outbox.clear()
             link.distributor_id = answer["distributor_id"]
+            protocol.start_heartbeat(
+                self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
+            )
             for job_id in answer.get("drop") or []:
                 self._forget(str(job_id))
                 self.storage.remove(self.node_name, str(job_id)).addErrback(
@@ -316,6 +458,12 @@ class Node(service.MultiService):
         rejected: list[dict[str, Any]] = []
         accepted: list[str] = []
         fresh: list[Job] = []
+        if self._stopping:
+            refusal = f"node {self.name} is stopping"
+            for raw in raw_jobs:
+                job_id = raw.get("id") if isinstance(raw, dict) else None
+                rejected.append({"id": job_id, "error": refusal, "retry": True})
+            return defer.succeed({"accepted": [], "parked": [], "rejected": rejected})
         for raw in raw_jobs:
             try:
                 job = Job.from_wire(raw)
@@ -358,6 +506,9 @@ class Node(service.MultiService):
         job = self._jobs.get(job_id)
         if job is None:
             return
+        if self._stopping:
+            self._hand_back(job)
+            return
         if job.run_at is not None and job.run_at > self._clock.seconds():
             self._hold(job)  # the wall clock moved back: wait again, never run early
             return
@@ -367,7 +518,7 @@ class Node(service.MultiService):
         self._start_attempt(job)
 
     def _start_next_ready(self) -> None:
-        while self._ready and len(self._running) < self.slots:
+        while self._ready and len(self._running) < self.slots and not self._stopping:
             job = self._jobs.get(self._ready.popleft())
             if job is not None:
                 self._start_attempt(job)
@@ -435,7 +586,10 @@ class Node(service.MultiService):
         if job is None:
             return
         now = self._clock.seconds()
-        if job_id in self._cancelling:
+        if job_id in self._handing_back:
+            self._handing_back.discard(job_id)
+            self._hand_back(job)
+        elif job_id in self._cancelling:
             self._cancelling.discard(job_id)
             self._end(attrs.evolve(job, status=Status.CANCELLED), None, outcome.args)
         elif outcome.kind == "success" and job.period is not None:
@@ -474,8 +628,13 @@ class Node(service.MultiService):
                     error_type=outcome.error_type,
                 )
         self._start_next_ready()
+        if self._drained is not None and not self._running and not self._drained.called:
+            self._drained.callback(None)
 
     def _keep(self, job: Job) -> None:
+        if self._stopping:
+            self._hand_back(job)
+            return
         self.storage.save(self.node_name, job).addErrback(
             self._log_failure, "saving job {job_id}", job_id=job.id
         )

@@ -8,21 +8,53 @@ or reports, so a busy distributor sends many jobs in one box.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from jobreactor.errors import JobReactorError
+
+_log = Logger()
 
 #: Bumped when a change would confuse a peer of the previous version.
 PROTOCOL_VERSION = 1
 
 #: AMP's limit for one value, in bytes.
 AMP_VALUE_LIMIT = 0xFFFF
-#: Most keys one JSON value may span: 16 MiB, far above ``max_args_bytes`` batches.
+#: Most keys one JSON value may span: 16 MiB, above the largest ``max_args_bytes`` (8 MiB).
 MAX_JSON_CHUNKS = 256
+#: A list of jobs or reports is cut into boxes of about this many bytes of JSON, so one box
+#: never nears the 16 MiB limit of a value and a big batch does not stall the connection.
+BOX_BUDGET_BYTES = 4 * 1024 * 1024
+#: And into boxes of at most this many items, to interleave with other traffic.
+BOX_MAX_ITEMS = 200
+
+T = TypeVar("T")
+
+
+def in_boxes(items: Sequence[T], size_of: Callable[[T], int]) -> list[list[T]]:
+    """Cut ``items`` into consecutive batches within the box budget (at least one item each)."""
+    batches: list[list[T]] = []
+    batch: list[T] = []
+    used = 0
+    for item in items:
+        size = size_of(item)
+        if batch and (used + size > BOX_BUDGET_BYTES or len(batch) >= BOX_MAX_ITEMS):
+            batches.append(batch)
+            batch, used = [], 0
+        batch.append(item)
+        used += size
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class ProtocolError(JobReactorError):
@@ -96,12 +128,72 @@ _COMMON_ERRORS: dict[type[Exception], bytes] = {
 }
 
 
+class Heartbeat(amp.Command):
+    """Either side, when it has heard nothing for ``heartbeat_interval``: are you there?
+
+    Any traffic counts as a sign of life; a peer silent for ``heartbeat_timeout`` is taken
+    for dead and its connection aborted (a stopped process keeps its TCP connection open).
+    """
+
+    arguments = []  # type: ignore[var-annotated]
+    response = []  # type: ignore[var-annotated]
+    errors = dict(_COMMON_ERRORS)
+
+
 class JobReactorAMP(amp.AMP):
-    """AMP that answers a malformed argument with ``BadMessage`` and keeps the connection.
+    """AMP that answers a malformed argument with ``BadMessage`` and keeps the connection,
+    and that notices a silent peer.
 
     Plain AMP parses arguments before calling the responder and treats a parse error as
     unknown, which closes the connection; a peer with one bad message should only lose it.
     """
+
+    _heartbeat_clock: IReactorTime | None = None
+    _heartbeat_call: IDelayedCall | None = None
+    _last_heard = 0.0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._heartbeat_clock is not None:
+            self._last_heard = self._heartbeat_clock.seconds()
+        super().dataReceived(data)
+
+    @Heartbeat.responder
+    def _answer_heartbeat(self) -> dict[str, Any]:
+        return {}
+
+    def start_heartbeat(self, clock: IReactorTime, interval: float, timeout: float) -> None:
+        """Ask the peer for a sign of life when it is quiet; drop it after ``timeout``."""
+        self._heartbeat_clock = clock
+        self._last_heard = clock.seconds()
+
+        def beat() -> None:
+            silent = clock.seconds() - self._last_heard
+            if silent >= timeout:
+                self._heartbeat_call = None
+                _log.warn(
+                    "peer {peer} silent for {seconds:.1f} s: dropping the connection",
+                    peer=self.transport.getPeer() if self.transport else None,
+                    seconds=silent,
+                )
+                if self.transport is not None:
+                    self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            if silent >= interval:
+                # a closing connection raises here; connectionLost cleans up
+                with contextlib.suppress(Exception):
+                    self.callRemote(Heartbeat).addErrback(lambda failure: None)
+            self._heartbeat_call = clock.callLater(interval, beat)
+
+        self._heartbeat_call = clock.callLater(interval, beat)
+
+    def stop_heartbeat(self) -> None:
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
+        self._heartbeat_call = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.stop_heartbeat()
+        super().connectionLost(reason)
 
     def locateResponder(self, name: bytes) -> Any:
         responder = super().locateResponder(name)
@@ -158,7 +250,9 @@ class RunJobs(amp.Command):
 
     The node stores each job before it answers. ``accepted`` lists the ids it now holds,
     ``parked`` those among them waiting for a later time (they hold no slot), ``rejected``
-    objects ``{"id", "error"}`` for the jobs it refused.
+    objects ``{"id", "error", "retry"}`` for the jobs it refused: with ``retry`` true the
+    refusal was this node's trouble (its storage is down, it is stopping) and the job goes
+    to another node; otherwise the job itself is malformed and fails.
     """
 
     arguments = [(b"jobs", JSON())]
@@ -170,6 +264,17 @@ class JobsDone(amp.Command):
     """Node to distributor: what happened to these jobs (a list of report objects)."""
 
     arguments = [(b"reports", JSON())]
+    response = []  # type: ignore[var-annotated]
+    errors = dict(_COMMON_ERRORS)
+
+
+class Leaving(amp.Command):
+    """Node to distributor: send me no more jobs (the node is stopping).
+
+    Jobs it had not started come back in ``JobsDone`` as reports with ``handed_back`` true.
+    """
+
+    arguments = []  # type: ignore[var-annotated]
     response = []  # type: ignore[var-annotated]
     errors = dict(_COMMON_ERRORS)
 

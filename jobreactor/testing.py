@@ -145,8 +145,9 @@ class LocalCluster:
     def disconnect(self, name: str) -> None:
         """Drop node ``name``'s connection, as a network failure would."""
         pump = self._pumps.pop(name)
-        pump.client.transport.loseConnection()  # type: ignore[union-attr]
-        pump.flush()
+        if pump.client.transport is not None:
+            pump.client.transport.loseConnection()
+            pump.flush()
 
     def stop_node(self, name: str) -> None:
         """Stop node ``name`` and drop its connection, as a crash without storage would."""

@@ -17,8 +17,9 @@ without its index entry or the other way round.
 The pool has one connection: txredisapi sends each command on a pooled connection at random,
 so with more than one, two saves of the same job could reach Redis in the wrong order. With
 one, commands are pipelined in the order they were issued. Every operation is bounded by
-``timeout`` seconds, whether Redis is slow, unreachable or being reconnected to: a ``save``
-that cannot happen fails with :class:`StorageError` instead of waiting forever.
+``timeout`` seconds (and a quarter), whether Redis is slow, unreachable or being reconnected
+to: a ``save`` that cannot happen fails with :class:`StorageError` instead of waiting forever
+(txredisapi's ``replyTimeout`` alone does not cover a command waiting for a connection).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ DEFAULT_TIMEOUT = 5.0
 #: Longest wait between two attempts to reconnect to a Redis that went away (txredisapi's
 #: own default is 10 s, long for a node that cannot accept jobs meanwhile).
 RECONNECT_MAX_DELAY = 2.0
+#: Extra seconds the bound on a whole operation waits beyond ``timeout``: a command already
+#: sent is then ended by txredisapi's own reply timeout, which also drops the connection (a
+#: half-open one would otherwise fail every later command too), not by ours.
+TIMEOUT_MARGIN = 0.25
 #: The statuses in the order the Lua scripts receive their index keys.
 STATUS_ORDER: tuple[Status, ...] = tuple(Status)
 
@@ -266,7 +271,7 @@ class RedisStorage:
             running: Deferred[Any] = command(self._redis)
         except Exception as error:  # txredisapi raises some errors before its Deferred exists
             running = defer.fail(error)
-        running.addTimeout(self.timeout, self.reactor)
+        running.addTimeout(self.timeout + TIMEOUT_MARGIN, self.reactor)
         return running.addErrback(self._explain, doing)
 
     def _explain(self, failure: Failure, doing: str) -> Failure:
