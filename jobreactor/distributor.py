@@ -49,6 +49,8 @@ Feedback = Callable[[dict[str, Any]], Any]
 
 #: Seconds ``stopService`` waits for nodes to answer the jobs already sent to them.
 STOP_WAIT = 5.0
+#: A job due more than this many seconds ahead is sent to a node at once, to wait there.
+FUTURE_MARGIN = 1.0
 #: Seconds a node that refused jobs for its own trouble gets none.
 REST_SECONDS = 1.0
 
@@ -187,6 +189,7 @@ class Distributor(service.Service):
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._owned: dict[str, _Entry] = {}
         self._waiting: deque[_Entry] = deque()
+        self._future: deque[_Entry] = deque()
         self._links: dict[str, _NodeLink] = {}
         self._grace_timers: dict[str, IDelayedCall] = {}
         self._dispatch_call: IDelayedCall | None = None
@@ -324,9 +327,16 @@ class Distributor(service.Service):
         size = len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields
         entry = _Entry(job=job, handle=handle, success=success, error=error, size=size)
         self._owned[job.id] = entry
-        self._waiting.append(entry)
+        self._queue_for(entry).append(entry)
         self._schedule_dispatch()
         return handle
+
+    def _queue_for(self, entry: _Entry) -> deque[_Entry]:
+        """Jobs due later wait apart: they take no slot, so no slot should hold them up."""
+        run_at = entry.job.run_at
+        if run_at is not None and run_at > self._clock.seconds() + FUTURE_MARGIN:
+            return self._future
+        return self._waiting
 
     def cancel(self, handle: JobHandle) -> None:
         """Stop the job of ``handle``: drop it if it waits here, else ask its node."""
@@ -334,7 +344,7 @@ class Distributor(service.Service):
         if entry is None:
             return
         if entry.node is None:
-            self._waiting.remove(entry)
+            self._unqueue(entry)
             self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
             return
         self._cancel_on(entry.node, entry.job.id)
@@ -359,7 +369,7 @@ class Distributor(service.Service):
     @property
     def waiting(self) -> int:
         """Jobs waiting here for a node."""
-        return len(self._waiting)
+        return len(self._waiting) + len(self._future)
 
     @property
     def pending(self) -> int:
@@ -374,10 +384,26 @@ class Distributor(service.Service):
 
     def _dispatch(self) -> None:
         self._dispatch_call = None
-        rooms = {name: link.room for name, link in self._links.items() if link.room > 0}
-        if not rooms or not self._waiting:
-            return
         batches: dict[str, list[_Entry]] = {}
+        if self._future:
+            # Any node that takes jobs will park these until their time.
+            open_links = {
+                name: link.room
+                for name, link in self._links.items()
+                if not (link.leaving or link.resting)
+            }
+            waiting_longer: deque[_Entry] = deque()
+            while self._future and open_links:
+                entry = self._future.popleft()
+                target = self._choose(entry.job, open_links)
+                if target is None:
+                    waiting_longer.append(entry)
+                    continue
+                batches.setdefault(target, []).append(entry)
+                open_links[target] -= 1  # spread them out
+            waiting_longer.extend(self._future)
+            self._future = waiting_longer
+        rooms = {name: link.room for name, link in self._links.items() if link.room > 0}
         skipped: deque[_Entry] = deque()
         while self._waiting and rooms:
             entry = self._waiting.popleft()
@@ -407,9 +433,11 @@ class Distributor(service.Service):
         return best
 
     def _send(self, link: _NodeLink, entries: list[_Entry]) -> None:
+        later = self._clock.seconds() + FUTURE_MARGIN
         for entry in entries:
             entry.node = link.name
-            link.load.add(entry.job.id)
+            if entry.job.run_at is None or entry.job.run_at <= later:
+                link.load.add(entry.job.id)  # it will take one of the node's slots
         for batch in in_boxes(entries, lambda entry: entry.size):
             sent = self._call(link, RunJobs, jobs=[entry.job.to_wire() for entry in batch])
             self._in_flight.add(sent)
@@ -527,7 +555,7 @@ class Distributor(service.Service):
             if entry is None or (entry.node is not None and entry.node != name):
                 drop.append(job_id)
             elif entry.node is None:
-                self._waiting.remove(entry)
+                self._unqueue(entry)
                 entry.node = name
         lost = [e for e in self._owned.values() if e.node == name and e.job.id not in held_ids]
         self._requeue(lost)
@@ -561,11 +589,17 @@ class Distributor(service.Service):
     def _requeue(self, entries: Iterable[_Entry]) -> None:
         """Put jobs back at the head of the queue, in the order they were enqueued."""
         entries = list(entries)
-        for entry in entries:
+        for entry in reversed(entries):
             entry.node = None
-        self._waiting.extendleft(reversed(entries))
+            self._queue_for(entry).appendleft(entry)
         if entries:
             self._schedule_dispatch()
+
+    def _unqueue(self, entry: _Entry) -> None:
+        for queue in (self._waiting, self._future):
+            if entry in queue:
+                queue.remove(entry)
+                return
 
     # -- outcomes -------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -355,9 +355,17 @@ class Node(service.MultiService):
         self._timers.clear()
         # ThreadPool.stop joins its threads: do it off the reactor thread, and do not wait
         # forever for a thread job that never ends.
-        await self._bounded(
-            [deferToThread(self._threadpool.stop)], config.shutdown_grace_period or 1.0
-        )
+        if self._threadpool.working:
+            await self._bounded(
+                [
+                    deferToThreadPool(
+                        self._reactor, self._reactor.getThreadPool(), self._threadpool.stop
+                    )
+                ],
+                config.shutdown_grace_period or 1.0,
+            )
+        else:
+            self._threadpool.stop()  # idle threads end at once
         await self.storage.close()
         log.info("node {node} stopped", node=self.name)
 

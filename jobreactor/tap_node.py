@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from jobreactor.config import Config
@@ -52,8 +55,34 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
 
 
+class DaemonNode(service.MultiService):
+    """The node as twistd runs it: a SIGTERM that ends in a completed drain exits 0.
+
+    twistd re-raises the signal that stopped the reactor so the exit status says "killed";
+    for a node that handed back its jobs and delivered its reports, stopping was the normal,
+    successful end, and supervisors should see it as one.
+    """
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+        node.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = defer.maybeDeferred(super().stopService)
+
+        def drained(result: Any) -> Any:
+            from twisted.internet import reactor
+
+            if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+                reactor._exitSignal = None  # type: ignore[attr-defined]
+            return result
+
+        return stopped.addCallback(drained)
+
+
 def makeService(options: dict[str, Any]) -> service.IService:
-    return Node(
+    node = Node(
         options["name"],
         options["distributors"],
         storage=options["storage_object"],
@@ -61,3 +90,4 @@ def makeService(options: dict[str, Any]) -> service.IService:
         slots=options["slots"],
         config=Config(),
     )
+    return DaemonNode(node)

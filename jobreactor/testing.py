@@ -104,6 +104,7 @@ class LocalCluster:
         self.distributor.startService()
         self.nodes: dict[str, Node] = {}
         self._pumps: dict[str, iosim.IOPump] = {}
+        self._frozen: dict[str, iosim.IOPump] = {}
 
     def add_node(
         self, name: str, *, slots: int = 10, storage: str | IJobStorage = "memory"
@@ -149,6 +150,31 @@ class LocalCluster:
             pump.client.transport.loseConnection()
             pump.flush()
 
+    def freeze(self, name: str) -> None:
+        """Stop delivering node ``name``'s traffic both ways, as a stopped process would."""
+        self._frozen[name] = self._pumps.pop(name)
+
+    def thaw(self, name: str) -> None:
+        """Deliver node ``name``'s traffic again (what piled up goes first).
+
+        If the distributor dropped the connection meanwhile, the node learns it now; call
+        :meth:`connect` for it to come back, as its reconnecting service would.
+        """
+        pump = self._frozen.pop(name)
+        if pump.serverIO.disconnected:
+            pump.clientIO.disconnected = True
+            pump.clientIO.reportDisconnect()
+        else:
+            self._pumps[name] = pump
+        self.run()
+
+    def _drop_from_frozen(self) -> None:
+        """A distributor that aborts a frozen node's connection sees it closed at once."""
+        for pump in self._frozen.values():
+            if pump.serverIO.disconnecting and not pump.serverIO.disconnected:
+                pump.serverIO.disconnected = True
+                pump.serverIO.reportDisconnect()
+
     def stop_node(self, name: str) -> None:
         """Stop node ``name`` and drop its connection, as a crash without storage would."""
         if name in self._pumps:
@@ -159,6 +185,7 @@ class LocalCluster:
         """Deliver every message and run every timer due now, until nothing moves."""
         for _ in range(MAX_ROUNDS):
             moved = any([pump.pump() for pump in list(self._pumps.values())])
+            self._drop_from_frozen()
             next_call = self.clock.next_call_time()
             due = next_call is not None and next_call <= self.clock.seconds()
             if due:
