@@ -31,7 +31,7 @@ class Jobs:
                 return waiting.addCallback(lambda _: {"ran_on": args["job_itself"]["node"]})
 
 
-SETTINGS = {
+SETTINGS: dict[str, Any] = {
     "merge_job_itself_to_args": True,
     "heartbeat_interval": 1.0,
     "heartbeat_timeout": 5.0,
