@@ -5,6 +5,7 @@ distributor with :data:`JR` (or the :class:`Node` and :class:`Distributor` servi
 with ``JR.enqueue`` or ``Distributor.enqueue``.
 """
 
+from jobreactor.client import Client, connect
 from jobreactor.config import Config
 from jobreactor.definitions import JobRegistry, job, job_callback, job_errback, load_jobs_directory
 from jobreactor.distributor import Distributor, NodeInfo
@@ -21,13 +22,14 @@ from jobreactor.errors import (
 )
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Status
-from jobreactor.node import Node
+from jobreactor.node import Node, current_node
 from jobreactor.runtime import JR, JobReactor
 
 __all__ = [
     "JR",
     "ArgsTooLargeError",
     "CancelJob",
+    "Client",
     "Config",
     "ConfigError",
     "Distributor",
@@ -44,6 +46,8 @@ __all__ = [
     "NodeInfo",
     "NotRunningError",
     "Status",
+    "connect",
+    "current_node",
     "job",
     "job_callback",
     "job_errback",

@@ -93,6 +93,9 @@ class Config:
     #: is dropped (a stopped or frozen peer is noticed within timeout + interval seconds).
     heartbeat_interval: float = attrs.field(default=1.0, validator=_check(NUMBER, minimum=0.01))
     heartbeat_timeout: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0.02))
+    #: Seconds a distributor keeps the outcomes meant for a remote client (or enqueueing
+    #: node) that is away, for it to collect when it connects again under the same name.
+    outcome_keep_seconds: float = attrs.field(default=3600.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a stopping node lets running jobs finish before handing them back.
     shutdown_grace_period: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0))
 

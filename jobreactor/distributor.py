@@ -27,19 +27,22 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.enqueueing import build_job
-from jobreactor.errors import InvalidJobError, JobCancelled, JobFailed
+from jobreactor.errors import InvalidJobError, JobCancelled
 from jobreactor.handle import JobHandle
-from jobreactor.model import Job, Report, Status
+from jobreactor.model import Job, Report, Status, encode_args
+from jobreactor.outcomes import final_outcome, fire_feedback
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
     CancelJobs,
     DuplicateNodeName,
+    Enqueue,
     Hello,
     HelloFirst,
     JobReactorAMP,
     JobsDone,
     Leaving,
+    Outcomes,
     RunJobs,
     UnsupportedVersion,
     in_boxes,
@@ -71,6 +74,8 @@ class _Entry:
     last_run: int = 0
     #: Bytes of the job's JSON form, roughly: what it costs in a RunJobs box.
     size: int = 0
+    #: The name of the remote peer that enqueued the job: its reports go back there.
+    origin: str | None = None
 
 
 @attrs.frozen
@@ -104,6 +109,19 @@ class _NodeLink:
         return self.slots - len(self.load)
 
 
+@attrs.define(eq=False)
+class _Outbox:
+    """Reports for one remote peer, sent together; kept while the peer is away."""
+
+    reports: list[Report] = attrs.Factory(list)
+    flush_call: IDelayedCall | None = None
+    expiry: IDelayedCall | None = None
+
+
+def _report_size(report: Report) -> int:
+    return len(json.dumps(report.args, separators=(",", ":"), default=repr)) + 400
+
+
 class DistributorProtocol(JobReactorAMP):
     """One node's connection; nothing but ``Hello`` is accepted until the node has said it."""
 
@@ -134,6 +152,20 @@ class DistributorProtocol(JobReactorAMP):
         self, name: str, slots: int, version: int, held: Any, credentials: Any
     ) -> dict[str, Any]:
         return self.distributor._hello(self, name, slots, version, held)
+
+    @Enqueue.responder
+    def enqueue(self, jobs: Any) -> dict[str, Any]:
+        if self.link is None:
+            raise HelloFirst("send Hello before Enqueue")
+        return self.distributor._remote_enqueue(self.link, jobs)
+
+    @CancelJobs.responder
+    def cancel_jobs(self, job_ids: Any) -> dict[str, Any]:
+        if self.link is None:
+            raise HelloFirst("send Hello before CancelJobs")
+        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
+            raise BadMessage("job_ids must be a list of job ids")
+        return {"cancelled": self.distributor._cancel_ids(job_ids)}
 
     @Leaving.responder
     def leaving(self) -> dict[str, Any]:
@@ -194,6 +226,7 @@ class Distributor(service.Service):
         self._grace_timers: dict[str, IDelayedCall] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._in_flight: set[Deferred[Any]] = set()
+        self._outboxes: dict[str, _Outbox] = {}
         self._port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
         self._node_waiters: list[tuple[tuple[int, frozenset[str]], Deferred[list[NodeInfo]]]] = []
@@ -226,7 +259,8 @@ class Distributor(service.Service):
     def _check_node_waiters(self) -> None:
         for pair in list(self._node_waiters):
             (count, names), waiter = pair
-            if len(self._links) >= count and names <= self._links.keys():
+            working = {name for name, link in self._links.items() if link.slots > 0}
+            if len(working) >= count and names <= working:
                 self._node_waiters.remove(pair)
                 waiter.callback(self.nodes())
 
@@ -349,6 +383,79 @@ class Distributor(service.Service):
             return
         self._cancel_on(entry.node, entry.job.id)
 
+    def _remote_enqueue(self, link: _NodeLink, raw_jobs: Any) -> dict[str, Any]:
+        if not isinstance(raw_jobs, list):
+            raise BadMessage("jobs must be a list of job objects")
+        accepted: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        now = self._clock.seconds()
+        for raw in raw_jobs:
+            job_id = raw.get("id") if isinstance(raw, dict) else None
+            try:
+                job = Job.from_wire(raw)
+                encode_args(job.args, self.config.max_args_bytes)
+            except InvalidJobError as error:
+                rejected.append({"id": job_id, "error": str(error)})
+                continue
+            entry = self._owned.get(job.id)
+            if entry is not None:
+                if entry.origin == link.name:
+                    accepted.append(job.id)  # resent after a reconnect: already ours
+                else:
+                    rejected.append({"id": job.id, "error": f"job id {job.id} is taken"})
+                continue
+            job = attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now)
+            self.submit(job)
+            self._owned[job.id].origin = link.name
+            accepted.append(job.id)
+        return {"accepted": accepted, "rejected": rejected}
+
+    def _cancel_ids(self, job_ids: list[str]) -> list[str]:
+        cancelled = []
+        for job_id in job_ids:
+            entry = self._owned.get(job_id)
+            if entry is not None:
+                cancelled.append(job_id)
+                self.cancel(entry.handle)
+        return cancelled
+
+    def _forward(self, origin: str, report: Report) -> None:
+        outbox = self._outboxes.setdefault(origin, _Outbox())
+        outbox.reports.append(report)
+        if origin in self._links:
+            self._schedule_outbox(origin, outbox)
+        elif outbox.expiry is None and self.running:
+            outbox.expiry = self._clock.callLater(
+                self.config.outcome_keep_seconds, self._outboxes.pop, origin, None
+            )
+
+    def _schedule_outbox(self, origin: str, outbox: _Outbox) -> None:
+        if outbox.flush_call is None and outbox.reports:
+            outbox.flush_call = self._clock.callLater(0, self._flush_outbox, origin)
+
+    def _flush_outbox(self, origin: str) -> None:
+        outbox = self._outboxes.get(origin)
+        link = self._links.get(origin)
+        if outbox is None:
+            return
+        outbox.flush_call = None
+        if link is None or not outbox.reports:
+            return
+        reports, outbox.reports = outbox.reports, []
+        for box in in_boxes(reports, _report_size):
+            sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
+
+            def failed(failure: Failure, box: list[Report] = box) -> None:
+                if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
+                    kept = self._outboxes.setdefault(origin, _Outbox())
+                    kept.reports[:0] = box  # the peer collects them when it is back
+                    return
+                log.failure(
+                    "peer {peer} refused {count} outcomes", failure, peer=origin, count=len(box)
+                )
+
+            sent.addErrback(failed)
+
     def nodes(self) -> list[NodeInfo]:
         """The connected nodes, with their slots and load."""
         holding: dict[str, int] = {}
@@ -364,6 +471,7 @@ class Distributor(service.Service):
                 address=str(link.protocol.transport.getPeer()) if link.protocol.transport else "",
             )
             for link in self._links.values()
+            if link.slots > 0
         ]
 
     @property
@@ -390,7 +498,7 @@ class Distributor(service.Service):
             open_links = {
                 name: link.room
                 for name, link in self._links.items()
-                if not (link.leaving or link.resting)
+                if link.slots > 0 and not (link.leaving or link.resting)
             }
             waiting_longer: deque[_Entry] = deque()
             while self._future and open_links:
@@ -530,8 +638,8 @@ class Distributor(service.Service):
             )
         if protocol.link is not None:
             raise BadMessage("Hello was already sent on this connection")
-        if not name or slots < 1:
-            raise BadMessage("a node needs a non-empty name and at least one slot")
+        if not name or slots < 0:
+            raise BadMessage("a peer needs a non-empty name and slots of 0 (a client) or more")
         if not isinstance(held, list) or not all(isinstance(job_id, str) for job_id in held):
             raise BadMessage("held must be a list of job ids")
         if name in self._links:
@@ -567,12 +675,23 @@ class Distributor(service.Service):
         )
         self._schedule_dispatch()
         self._clock.callLater(0, self._check_node_waiters)
+        outbox = self._outboxes.get(name)
+        if outbox is not None:
+            if outbox.expiry is not None and outbox.expiry.active():
+                outbox.expiry.cancel()
+            outbox.expiry = None
+            self._schedule_outbox(name, outbox)
         return {"distributor_id": self.id, "version": PROTOCOL_VERSION, "drop": drop}
 
     def _node_lost(self, link: _NodeLink) -> None:
         if self._links.get(link.name) is not link:
             return
         del self._links[link.name]
+        outbox = self._outboxes.get(link.name)
+        if outbox is not None and self.running:
+            outbox.expiry = self._clock.callLater(
+                self.config.outcome_keep_seconds, self._outboxes.pop, link.name, None
+            )
         holding = sum(1 for entry in self._owned.values() if entry.node == link.name)
         log.info("node {node} disconnected holding {count} jobs", node=link.name, count=holding)
         if holding and self.running:
@@ -664,48 +783,27 @@ class Distributor(service.Service):
             self._fire(entry, report)
 
     def _finish_with_report(self, entry: _Entry, report: Report) -> None:
-        outcome: dict[str, Any] | Failure
-        if report.feedback == "success":
-            outcome = report.args
-        elif report.feedback == "error":
-            outcome = Failure(
-                JobFailed(
-                    entry.job.id,
-                    entry.job.name,
-                    report.error or "",
-                    report.error_type or "",
-                    report.args,
-                    report.status.value,
-                )
-            )
-        else:
-            outcome = Failure(JobCancelled(entry.job.id, entry.job.name))
-        self._finish(entry, report, outcome)
+        self._finish(entry, report, final_outcome(entry.job, report))
 
     def _finish(self, entry: _Entry, report: Report | None, outcome: Any) -> None:
         self._owned.pop(entry.job.id, None)
         if entry.node is not None and entry.node in self._links:
             self._links[entry.node].load.discard(entry.job.id)
-        if report is not None and report.feedback is not None:
+        if entry.origin is not None:
+            if report is None:  # ended here (cancelled while waiting): tell the origin
+                report = Report(
+                    entry.job.id, entry.job.run, Status.CANCELLED, None, True, entry.job.args
+                )
+            self._forward(entry.origin, report)
+        elif report is not None:
             self._fire(entry, report)
         entry.handle._settle(outcome)
 
     def _fire(self, entry: _Entry, report: Report) -> None:
-        feedback = entry.success if report.feedback == "success" else entry.error
-        if feedback is None:
-            return
-        try:
-            result = feedback(report.args)
-        except Exception:
-            log.failure(
-                "{kind} feedback of job {job_id} ({name}) raised",
-                kind=report.feedback,
-                job_id=entry.job.id,
-                name=entry.job.name,
-            )
-            return
-        if isinstance(result, Deferred):
-            result.addErrback(self._log_failure, "feedback of job {job_id}", job_id=entry.job.id)
+        if entry.origin is not None:
+            self._forward(entry.origin, report)
+        else:
+            fire_feedback(entry.job, report, entry.success, entry.error)
 
     @staticmethod
     def _log_failure(failure: Failure, /, what: str, **fields: Any) -> None:

@@ -8,6 +8,7 @@ that link is down they wait in its outbox and go out when it is back.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 from collections import deque
@@ -29,10 +30,13 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from jobreactor.chain import AttemptOutcome, run_attempt
+from jobreactor.client import Submitter
 from jobreactor.config import Config
 from jobreactor.definitions import JobDefinition, JobRegistry, load_jobs_directory
-from jobreactor.errors import InvalidJobError
+from jobreactor.errors import InvalidJobError, NotRunningError
+from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Report, Status
+from jobreactor.outcomes import Feedback
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
@@ -41,6 +45,7 @@ from jobreactor.protocol import (
     JobReactorAMP,
     JobsDone,
     Leaving,
+    Outcomes,
     RunJobs,
     in_boxes,
 )
@@ -50,6 +55,29 @@ log = Logger()
 
 #: A report bigger than this (args grown by the job) goes back with an error instead.
 MAX_REPORT_BYTES = 12 * 1024 * 1024
+
+_current_node: contextvars.ContextVar[Node] = contextvars.ContextVar("jobreactor_node")
+_started_nodes: list[Node] = []
+
+
+def current_node() -> Node:
+    """The node running the calling job, e.g. to enqueue follow-up jobs for other nodes::
+
+        current_node().enqueue("resize", {"path": path}, success=...)
+
+    Works in a job's function, callbacks and errbacks (also ``async def`` ones); in a
+    ``defer=True`` job it works when the process runs one node, the usual case.
+    """
+    node = _current_node.get(None)
+    if node is not None:
+        return node
+    if len(_started_nodes) == 1:
+        return _started_nodes[0]
+    raise NotRunningError(
+        "current_node() is for code run by a node's job; "
+        f"this process runs {len(_started_nodes)} nodes and none is running this code"
+    )
+
 
 #: Seconds a stopping node waits for a distributor to answer ``Leaving`` or ``JobsDone``.
 STOP_MESSAGE_WAIT = 5.0
@@ -116,10 +144,17 @@ class NodeProtocol(JobReactorAMP):
             raise BadMessage("job_ids must be a list of job ids")
         return {"cancelled": self.node._cancel([str(job_id) for job_id in job_ids])}
 
+    @Outcomes.responder
+    def outcomes(self, reports: Any) -> dict[str, Any]:
+        self.link.submitter().outcomes(reports)
+        return {}
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.link.protocol is self:
             self.link.protocol = None
+            if self.link._submitter is not None:
+                self.link._submitter.disconnected()
             log.info("lost distributor {endpoint}", endpoint=self.link.endpoint)
 
 
@@ -136,6 +171,15 @@ class _DistributorLink:
     outbox: list[Report] = attrs.Factory(list)
     flush_call: IDelayedCall | None = None
     in_flight: set[Deferred[Any]] = attrs.Factory(set)
+    _submitter: Submitter | None = None
+
+    def submitter(self) -> Submitter:
+        """The jobs this node enqueued through this distributor (made on first use)."""
+        if self._submitter is None:
+            self._submitter = Submitter(self.node._clock, self.node.config.max_args_bytes)
+            if self.protocol is not None:
+                self._submitter.connected(self.protocol)
+        return self._submitter
 
     def send(self, report: Report) -> None:
         self.outbox.append(report)
@@ -247,6 +291,7 @@ class Node(service.MultiService):
 
     def startService(self) -> None:
         service.Service.startService(self)
+        _started_nodes.append(self)
         self._threadpool.start()
         self._started = Deferred.fromCoroutine(self._start())
         self._started.addErrback(self._start_failed)
@@ -311,6 +356,8 @@ class Node(service.MultiService):
 
     async def _stop(self) -> None:
         self._stopping = True
+        if self in _started_nodes:
+            _started_nodes.remove(self)
         config = self.config
         log.info("node {node} stopping", node=self.name)
         await self._bounded(
@@ -403,6 +450,33 @@ class Node(service.MultiService):
                 )
             )
 
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        via: str | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Enqueue a job for some node through a distributor this node dials (reactor thread).
+
+        ``via`` picks the distributor (an endpoint string as given to the node); by default
+        the first one connected. The feedbacks run here, in this node's process. From inside
+        a job use ``current_node().enqueue(...)``.
+        """
+        if via is not None:
+            link = self._links.get(endpoint_description(via))
+            if link is None:
+                raise ValueError(f"node {self.name} does not dial a distributor at {via!r}")
+        else:
+            connected = [link for link in self._links.values() if link.protocol is not None]
+            if not connected and not self._links:
+                raise NotRunningError(f"node {self.name} dials no distributor")
+            link = (connected or list(self._links.values()))[0]
+        return link.submitter().enqueue(name, args, options, success, error)
+
     def connected_distributors(self) -> list[str]:
         """Endpoints of the distributors this node has a live session with."""
         return [link.endpoint for link in self._links.values() if link.protocol is not None]
@@ -434,6 +508,8 @@ class Node(service.MultiService):
                 )
                 link.outbox.clear()
             link.distributor_id = answer["distributor_id"]
+            if link._submitter is not None:
+                link._submitter.connected(protocol)
             protocol.start_heartbeat(
                 self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
             )
@@ -557,15 +633,19 @@ class Node(service.MultiService):
                 AttemptOutcome("error", args, "error", error, "NoSuchJob"), job.id, None
             )
             return
-        attempt = run_attempt(
-            definition,
-            job.args,
-            clock=self._clock,
-            job_itself=self._job_itself(job) if self.config.merge_job_itself_to_args else None,
-            timeout=job.timeout if job.timeout is not None else definition.timeout,
-            threadpool=self._threadpool if job.defer else None,
-            reactor=self._reactor,
-        )
+        token = _current_node.set(self)
+        try:
+            attempt = run_attempt(
+                definition,
+                job.args,
+                clock=self._clock,
+                job_itself=self._job_itself(job) if self.config.merge_job_itself_to_args else None,
+                timeout=job.timeout if job.timeout is not None else definition.timeout,
+                threadpool=self._threadpool if job.defer else None,
+                reactor=self._reactor,
+            )
+        finally:
+            _current_node.reset(token)
         self._running[job.id] = attempt
         attempt.addCallback(self._attempt_done, job.id, definition)
         attempt.addErrback(self._log_failure, "finishing job {job_id}", job_id=job.id)

@@ -285,3 +285,28 @@ class CancelJobs(amp.Command):
     arguments = [(b"job_ids", JSON())]
     response = [(b"cancelled", JSON())]
     errors = dict(_COMMON_ERRORS)
+
+
+class Enqueue(amp.Command):
+    """Any peer that said ``Hello`` (a client with ``slots`` 0, or a node) to distributor:
+    own these jobs (a list of job objects, ids made by the sender).
+
+    ``accepted`` lists the ids the distributor now owns (a job id it already owns counts as
+    accepted, so a sender may resend after a reconnect); ``rejected`` objects
+    ``{"id", "error"}`` for jobs that are malformed. Their reports come back to the sender,
+    by its name, in ``Outcomes``.
+    """
+
+    arguments = [(b"jobs", JSON())]
+    response = [(b"accepted", JSON()), (b"rejected", JSON())]
+    errors = dict(_COMMON_ERRORS)
+
+
+class Outcomes(amp.Command):
+    """Distributor to the peer that enqueued the jobs: reports (as in ``JobsDone``) that
+    carry a feedback or end a job. Reports for a peer that is away are kept for
+    ``outcome_keep_seconds`` and sent when a peer of the same name says ``Hello`` again."""
+
+    arguments = [(b"reports", JSON())]
+    response = []  # type: ignore[var-annotated]
+    errors = dict(_COMMON_ERRORS)

@@ -20,6 +20,7 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
+from jobreactor.client import Client, connect
 from jobreactor.config import Config
 from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job
@@ -47,6 +48,7 @@ class JobReactor:
         self._ready = threading.Event()
         self._setup_failure: Failure | None = None
         self.distributor: Distributor | None = None
+        self.client: Client | None = None
         self.nodes_started: list[Node] = []
 
     @property
@@ -186,9 +188,11 @@ class JobReactor:
         raises :class:`InvalidJobError` before anything is sent. The feedbacks run later in
         the reactor thread, with the args as the node left them.
         """
-        distributor = self.distributor
-        if distributor is None:
-            raise NotRunningError("no distributor: call JR.start_distributor first")
+        target: Distributor | Client | None = self.distributor or self.client
+        if target is None:
+            raise NotRunningError(
+                "nowhere to enqueue: call JR.start_distributor or JR.connect first"
+            )
         for feedback in (success, error):
             if feedback is not None and not callable(feedback):
                 raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
@@ -199,23 +203,36 @@ class JobReactor:
             now=self.reactor.seconds(),
             max_args_bytes=self.config.max_args_bytes,
         )
-        handle = distributor.new_handle(job, cancel=self._cancel)
-        self._call_in_reactor(self._submit, distributor, job, success, error, handle)
+        handle = JobHandle(job.id, job.name, self._cancel)
+        self._call_in_reactor(self._submit, target, job, success, error, handle)
         return handle
 
     @staticmethod
     def _submit(
-        distributor: Distributor,
+        target: Distributor | Client,
         job: Job,
         success: Feedback | None,
         error: Feedback | None,
         handle: JobHandle,
     ) -> None:
-        distributor.submit(job, success=success, error=error, handle=handle)
+        target.submit(job, success=success, error=error, handle=handle)
 
     def _cancel(self, handle: JobHandle) -> None:
-        if self.distributor is not None:
-            self._call_in_reactor(self.distributor.cancel, handle)
+        target: Distributor | Client | None = self.distributor or self.client
+        if target is not None:
+            self._call_in_reactor(target.cancel, handle)
+
+    def connect(self, endpoint: str, *, name: str | None = None) -> Deferred[Client]:
+        """Use a standalone distributor (``twistd jr-distributor``) for ``JR.enqueue``.
+
+        Call in the reactor thread (``setup`` runs there); fires once the distributor has
+        accepted this client. ``name`` lets a restarted process collect the outcomes that
+        arrived while it was away (default: a fresh name per process).
+        """
+        client = connect(endpoint, name=name, config=self.config, reactor=self.reactor)
+        self.client = client
+        self.reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
+        return client.when_connected()
 
     def nodes(self) -> list[NodeInfo]:
         """The nodes connected to this process's distributor, with their load; any thread."""

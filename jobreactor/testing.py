@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
+from jobreactor.client import Client, ClientProtocol
 from jobreactor.config import Config
 from jobreactor.definitions import JobRegistry
 from jobreactor.distributor import Distributor, DistributorProtocol
@@ -105,6 +106,7 @@ class LocalCluster:
         self.nodes: dict[str, Node] = {}
         self._pumps: dict[str, iosim.IOPump] = {}
         self._frozen: dict[str, iosim.IOPump] = {}
+        self.clients: dict[str, Client] = {}
 
     def add_node(
         self, name: str, *, slots: int = 10, storage: str | IJobStorage = "memory"
@@ -143,8 +145,34 @@ class LocalCluster:
         node._hello(link, client).addErrback(lambda failure: None)  # refusals are logged
         self.run()
 
+    def add_client(self, name: str) -> Client:
+        """A remote client of the distributor (as :func:`jobreactor.connect` makes), joined in
+        memory; it says hello at once. Its ``enqueue`` works like the distributor's."""
+        client = Client(
+            f"memory:{self.distributor.id}", name=name, config=self.config, clock=self.clock
+        )
+        self.clients[name] = client
+        self.connect_client(name)
+        return client
+
+    def connect_client(self, name: str) -> None:
+        """Open a fresh connection from client ``name`` (after :meth:`disconnect`)."""
+        client = self.clients[name]
+        server = DistributorProtocol(self.distributor)
+        protocol = ClientProtocol(client)
+        self._pumps[name] = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            protocol,
+            iosim.makeFakeClient(protocol),
+            greet=False,
+            clock=self.clock,
+        )
+        client._hello(protocol).addErrback(lambda failure: None)
+        self.run()
+
     def disconnect(self, name: str) -> None:
-        """Drop node ``name``'s connection, as a network failure would."""
+        """Drop node or client ``name``'s connection, as a network failure would."""
         pump = self._pumps.pop(name)
         if pump.client.transport is not None:
             pump.client.transport.loseConnection()
@@ -212,4 +240,7 @@ class LocalCluster:
         """Stop every node and the distributor."""
         for name in list(self.nodes):
             self.stop_node(name)
+        for name in list(self.clients):
+            if name in self._pumps:
+                self.disconnect(name)
         return self.distributor.stopService()

@@ -1,0 +1,405 @@
+"""Enqueueing through a distributor in another process: the remote client, and the same
+machinery a node uses to enqueue jobs for other nodes.
+
+A client is a peer that says ``Hello`` with 0 slots: it takes no jobs, it only sends
+``Enqueue`` and receives ``Outcomes``. Jobs are validated and given their id here, in the
+caller's process; until the distributor acknowledges them they stay in the client and are
+sent again after a reconnect (the distributor takes a resent id as already accepted). The
+distributor keeps outcomes for a client that is away and hands them over when a client of
+the same name says hello again, so a blip loses nothing; each run's feedback fires once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jobreactor.config import Config
+from jobreactor.enqueueing import build_job
+from jobreactor.errors import InvalidJobError
+from jobreactor.handle import JobHandle
+from jobreactor.model import Job, Report, Status
+from jobreactor.outcomes import Feedback, final_outcome, fire_feedback
+from jobreactor.protocol import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    CancelJobs,
+    Enqueue,
+    Hello,
+    JobReactorAMP,
+    Outcomes,
+    in_boxes,
+)
+
+log = Logger()
+
+
+@attrs.define(eq=False)
+class _Submitted:
+    job: Job
+    handle: JobHandle
+    success: Feedback | None
+    error: Feedback | None
+    acknowledged: bool = False
+    last_run: int = 0
+    size: int = 0
+
+
+class Submitter:
+    """The jobs one peer enqueued through one distributor connection, until their outcome.
+
+    ``protocol`` is the live connection (None while away); the owner sets it after a
+    successful ``Hello`` and clears it when the connection is lost.
+    """
+
+    def __init__(self, clock: IReactorTime, max_args_bytes: int) -> None:
+        self._clock = clock
+        self._max_args_bytes = max_args_bytes
+        self.protocol: JobReactorAMP | None = None
+        self._jobs: dict[str, _Submitted] = {}
+        self._send_call: IDelayedCall | None = None
+
+    @property
+    def pending(self) -> int:
+        """Jobs enqueued here that have no final outcome yet."""
+        return len(self._jobs)
+
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None,
+        options: dict[str, Any],
+        success: Feedback | None,
+        error: Feedback | None,
+    ) -> JobHandle:
+        for feedback in (success, error):
+            if feedback is not None and not callable(feedback):
+                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        job = build_job(
+            name, args, options, now=self._clock.seconds(), max_args_bytes=self._max_args_bytes
+        )
+        return self.submit(job, success, error)
+
+    def submit(
+        self,
+        job: Job,
+        success: Feedback | None,
+        error: Feedback | None,
+        handle: JobHandle | None = None,
+    ) -> JobHandle:
+        handle = handle or JobHandle(job.id, job.name, self.cancel)
+        size = len(json.dumps(job.args, separators=(",", ":"))) + 400
+        self._jobs[job.id] = _Submitted(job, handle, success, error, size=size)
+        self.schedule_send()
+        return handle
+
+    def cancel(self, handle: JobHandle) -> None:
+        submitted = self._jobs.get(handle.id)
+        if submitted is None:
+            return
+        if not submitted.acknowledged:
+            # never reached the distributor: it ends here
+            report = Report(handle.id, 0, Status.CANCELLED, None, True, submitted.job.args)
+            self._settle(submitted, report)
+            return
+        if self.protocol is None:
+            log.warn("cannot cancel job {job_id} while disconnected", job_id=handle.id)
+            return
+        try:
+            asked: Deferred[Any] = self.protocol.callRemote(CancelJobs, job_ids=[handle.id])
+        except Exception:
+            log.failure("cancelling job {job_id}", job_id=handle.id)
+            return
+        asked.addErrback(lambda failure: log.failure("cancelling job", failure))
+
+    def connected(self, protocol: JobReactorAMP) -> None:
+        self.protocol = protocol
+        for submitted in self._jobs.values():
+            submitted.acknowledged = False  # resend: the distributor may never have got it
+        self.schedule_send()
+
+    def disconnected(self) -> None:
+        self.protocol = None
+
+    def schedule_send(self) -> None:
+        if self._send_call is None and self.protocol is not None:
+            self._send_call = self._clock.callLater(0, self._send)
+
+    def _send(self) -> None:
+        self._send_call = None
+        protocol = self.protocol
+        if protocol is None:
+            return
+        unsent = [s for s in self._jobs.values() if not s.acknowledged]
+        for box in in_boxes(unsent, lambda submitted: submitted.size):
+            for submitted in box:
+                submitted.acknowledged = True  # in flight; a lost connection resets it
+            try:
+                sent: Deferred[Any] = protocol.callRemote(
+                    Enqueue, jobs=[submitted.job.to_wire() for submitted in box]
+                )
+            except Exception:
+                log.failure("could not send {count} jobs", count=len(box))
+                continue
+            sent.addCallbacks(self._answered, self._unsent, errbackArgs=(box,))
+            sent.addErrback(lambda failure: log.failure("handling an Enqueue answer", failure))
+
+    def _answered(self, answer: dict[str, Any]) -> None:
+        for refusal in answer.get("rejected") or []:
+            submitted = (
+                self._jobs.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
+            )
+            if submitted is None:
+                continue
+            message = str(refusal.get("error", "refused by the distributor"))
+            args = dict(submitted.job.args, error=message, error_type="RejectedByDistributor")
+            report = Report(
+                submitted.job.id,
+                1,
+                Status.FAILED,
+                "error",
+                True,
+                args,
+                message,
+                "RejectedByDistributor",
+            )
+            self._settle(submitted, report)
+
+    def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
+        for submitted in box:
+            submitted.acknowledged = False
+        if not failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
+            log.failure("distributor refused {count} jobs", failure, count=len(box))
+            for submitted in box:
+                message = failure.getErrorMessage()
+                args = dict(submitted.job.args, error=message, error_type="EnqueueFailed")
+                self._settle(
+                    submitted,
+                    Report(
+                        submitted.job.id,
+                        1,
+                        Status.FAILED,
+                        "error",
+                        True,
+                        args,
+                        message,
+                        "EnqueueFailed",
+                    ),
+                )
+
+    def outcomes(self, raw: Any) -> None:
+        """Apply ``Outcomes`` from the distributor: fire feedbacks once per run, settle handles."""
+        if not isinstance(raw, list):
+            raise BadMessage("reports must be a list of report objects")
+        try:
+            reports = [Report.from_wire(item) for item in raw]
+        except InvalidJobError as error:
+            raise BadMessage(str(error)) from None
+        for report in reports:
+            submitted = self._jobs.get(report.job_id)
+            if submitted is None:
+                continue  # a duplicate of something already final
+            if report.feedback is not None:
+                if report.run <= submitted.last_run and report.run > 0:
+                    continue
+                submitted.last_run = report.run
+            if report.final:
+                self._settle(submitted, report)
+            else:
+                fire_feedback(submitted.job, report, submitted.success, submitted.error)
+
+    def _settle(self, submitted: _Submitted, report: Report) -> None:
+        self._jobs.pop(submitted.job.id, None)
+        fire_feedback(submitted.job, report, submitted.success, submitted.error)
+        submitted.handle._settle(final_outcome(submitted.job, report))
+
+
+class ClientProtocol(JobReactorAMP):
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self.client = client
+
+    @Outcomes.responder
+    def outcomes(self, reports: Any) -> dict[str, Any]:
+        self.client.submitter.outcomes(reports)
+        return {}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.client.submitter.protocol is self:
+            self.client.submitter.disconnected()
+            log.info("client {name} lost its distributor", name=self.client.name)
+
+
+class _ClientFactory(Factory):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> ClientProtocol:
+        protocol = ClientProtocol(self.client)
+        protocol.factory = self
+        return protocol
+
+
+class Client(service.Service):
+    """An application's connection to a standalone distributor (``twistd jr-distributor``).
+
+    ``enqueue`` gives the same handle, Deferred and feedbacks as an embedded
+    :class:`~jobreactor.Distributor`; call it in the reactor thread (``JR.enqueue`` does the
+    thread hop). ``name`` identifies the client to the distributor: keep it stable across
+    restarts of a long-lived process to collect outcomes that arrived while it was away.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        name: str | None = None,
+        config: Config | None = None,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.endpoint = endpoint
+        self.client_name = name or f"client-{uuid.uuid4()}"
+        self.name = self.client_name
+        self.config = config if config is not None else Config()
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self.submitter = Submitter(self._clock, self.config.max_args_bytes)
+        self._service: ClientService | None = None
+        self._waiting_connect: list[Deferred[Client]] = []
+        self.distributor_id: str | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._service = ClientService(
+            clientFromString(self._reactor, self.endpoint),
+            _ClientFactory(self),
+            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
+            clock=self._clock,
+            prepareConnection=self._hello,
+        )
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._service is not None:
+            stopped: Deferred[None] = self._service.stopService()
+            return stopped
+        return None
+
+    def _hello(self, protocol: Any) -> Deferred[Any]:
+        said: Deferred[Any] = protocol.callRemote(
+            Hello,
+            name=self.client_name,
+            slots=0,
+            version=PROTOCOL_VERSION,
+            held=[],
+            credentials=None,
+        )
+
+        def welcomed(answer: dict[str, Any]) -> None:
+            self.distributor_id = answer["distributor_id"]
+            protocol.start_heartbeat(
+                self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
+            )
+            self.submitter.connected(protocol)
+            log.info(
+                "client {name} connected to {endpoint}",
+                name=self.client_name,
+                endpoint=self.endpoint,
+            )
+            waiting, self._waiting_connect = self._waiting_connect, []
+            for waiter in waiting:
+                waiter.callback(self)
+
+        def refused(failure: Failure) -> Failure:
+            log.error(
+                "distributor {endpoint} refused client {name}: {error}",
+                endpoint=self.endpoint,
+                name=self.client_name,
+                error=failure.getErrorMessage(),
+            )
+            return failure
+
+        return said.addCallbacks(welcomed, refused)
+
+    def when_connected(self) -> Deferred[Client]:
+        """Fire once the distributor has accepted this client (bound it with addTimeout)."""
+        waiter: Deferred[Client] = Deferred(lambda d: self._waiting_connect.remove(d))
+        if self.submitter.protocol is not None:
+            waiter.callback(self)
+        else:
+            self._waiting_connect.append(waiter)
+        return waiter
+
+    @property
+    def connected(self) -> bool:
+        return self.submitter.protocol is not None
+
+    @property
+    def pending(self) -> int:
+        """Jobs enqueued through this client that have no final outcome yet."""
+        return self.submitter.pending
+
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Validate a job here and send it to the distributor (now, or once connected)."""
+        return self.submitter.enqueue(name, args, options, success, error)
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        handle: JobHandle | None = None,
+    ) -> JobHandle:
+        return self.submitter.submit(job, success, error, handle)
+
+    def cancel(self, handle: JobHandle) -> None:
+        self.submitter.cancel(handle)
+
+
+def connect(
+    endpoint: str,
+    *,
+    name: str | None = None,
+    config: Config | None = None,
+    reactor: Any = None,
+) -> Client:
+    """Start a :class:`Client` of the distributor at ``endpoint`` (``"tcp:host=H:port=P"``).
+
+    Call in the reactor thread. Jobs enqueued before the connection is up wait in the
+    client; ``client.when_connected()`` fires once it is.
+    """
+    if ":" not in endpoint:
+        raise ValueError(
+            f"a distributor address is an endpoint string like tcp:host=H:port=P, not {endpoint!r}"
+        )
+    client = Client(endpoint, name=name, config=config, reactor=reactor)
+    client.startService()
+    return client
