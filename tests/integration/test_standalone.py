@@ -1,0 +1,95 @@
+"""A standalone ``twistd jr-distributor`` process, nodes dialling it, and remote clients."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from jobreactor import Client, JobFailed, connect
+
+from .conftest import TWISTD, NodeProcesses, bounded, node_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def standalone(tmp_path: Path) -> Any:
+    port = free_port()
+    command = [
+        TWISTD, "-n", "--pidfile=", f"--logfile={tmp_path / 'distributor.log'}",
+        "jr-distributor", "--listen", f"tcp:{port}:interface=127.0.0.1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=node_env())
+    yield port, process
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+
+
+async def started_client(port: int, name: str | None = None) -> Client:
+    client = connect(f"tcp:host=127.0.0.1:port={port}", name=name)
+    await bounded(client.when_connected())
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_enqueues_through_a_standalone_distributor(
+    standalone: Any, nodes: NodeProcesses
+) -> None:
+    port, _ = standalone
+    nodes.start("worker_1", port)
+    nodes.start("worker_2", port)
+    client = await started_client(port)
+    try:
+        fired: Counter[int] = Counter()
+        handles = [
+            client.enqueue("my_job", {"n": n}, success=lambda a: fired.update([a["n"]]))
+            for n in range(50)
+        ]
+        failing = client.enqueue("failing", {"n": 99})
+        results = await bounded(defer.gatherResults([h.deferred for h in handles]))
+        assert [result["n"] for result in results] == list(range(50))
+        assert all(result["result"] == "Yay!" for result in results)
+        assert fired == Counter(range(50))
+        assert len({result["pid"] for result in results}) == 2
+        with pytest.raises(JobFailed) as caught:
+            await bounded(failing.deferred)
+        assert caught.value.error == "broken 99"
+    finally:
+        await client.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_blip_loses_no_outcome(standalone: Any, nodes: NodeProcesses) -> None:
+    port, _ = standalone
+    nodes.start("worker_1", port)
+    client = await started_client(port, name="steady-app")
+    try:
+        fired: Counter[int] = Counter()
+        handles = [
+            client.enqueue(
+                "sleepy", {"seconds": 1.0, "n": n}, success=lambda a: fired.update([a["n"]])
+            )
+            for n in range(5)
+        ]
+        await deferLater(reactor, 0.3, lambda: None)  # the jobs reached the node
+        assert client.submitter.protocol is not None
+        client.submitter.protocol.transport.abortConnection()  # type: ignore[union-attr]
+        results = await bounded(defer.gatherResults([h.deferred for h in handles]))
+        assert len(results) == 5
+        assert fired == Counter(range(5)), "each feedback once, although the link broke"
+    finally:
+        await client.stopService()
