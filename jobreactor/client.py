@@ -19,7 +19,7 @@ import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
@@ -297,12 +297,12 @@ class Client(service.Service):
         )
         self._service.startService()
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._service is not None:
             stopped: Deferred[None] = self._service.stopService()
             return stopped
-        return None
+        return succeed(None)
 
     def _hello(self, protocol: Any) -> Deferred[Any]:
         said: Deferred[Any] = protocol.callRemote(
