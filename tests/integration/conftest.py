@@ -77,6 +77,12 @@ def blocking(args):
     }
 
 
+@job("log_run")
+def log_run(args):
+    with open(args["log"], "a") as log:
+        log.write(f"{args['n']}\\n")
+
+
 @job("stamp")
 def stamp(args):
     import threading
