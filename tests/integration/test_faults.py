@@ -82,3 +82,64 @@ async def test_sigterm_finishes_running_jobs_and_hands_back_the_rest(
     assert all(result["thread"] == "MainThread" for result in handed_back)
     assert [info.name for info in distributor.nodes()] == ["staying"]
     assert "stopped" in nodes.log("leaving")
+
+
+class _Proxy:
+    """A TCP forwarder the test controls: it can cut every connection through it."""
+
+    def __init__(self, target_port: int) -> None:
+        from twisted.protocols import portforward
+
+        proxy = self
+        self.connections: list[Any] = []
+
+        class Server(portforward.ProxyServer):
+            def connectionMade(self) -> None:
+                proxy.connections.append(self)
+                super().connectionMade()
+
+        self.factory = portforward.ProxyFactory("127.0.0.1", target_port)
+        self.factory.protocol = Server
+        self.port: Any = None
+
+    async def start(self) -> int:
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        self.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.factory)
+        number: int = self.port.getHost().port
+        return number
+
+    def cut(self) -> None:
+        for connection in self.connections:
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        self.connections.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_link_keeps_outcomes_until_the_node_is_back(
+    distributor: Distributor, nodes: NodeProcesses
+) -> None:
+    proxy = _Proxy(port_of(distributor))
+    proxy_port = await proxy.start()
+    try:
+        nodes.start("worker_1", proxy_port)
+        await bounded(distributor.when_nodes(names=["worker_1"]))
+        fired: Counter[int] = Counter()
+        handles = [
+            distributor.enqueue(
+                "sleepy", {"seconds": 0.8, "n": n}, success=lambda a: fired.update([a["n"]])
+            )
+            for n in range(5)
+        ]
+        await until(lambda: distributor.nodes()[0].holding == 5)
+        proxy.cut()
+        await until(lambda: not distributor.nodes(), 5)
+        results = await bounded(defer.gatherResults([h.deferred for h in handles]))
+        assert len({result["pid"] for result in results}) == 1, "nothing was re-routed"
+        await deferLater(reactor, 0.5, lambda: None)
+        assert fired == Counter(range(5)), "each feedback exactly once"
+        assert "joined distributor" in nodes.log("worker_1")
+    finally:
+        await proxy.port.stopListening()
+        proxy.cut()

@@ -93,3 +93,43 @@ async def test_client_blip_loses_no_outcome(standalone: Any, nodes: NodeProcesse
         assert fired == Counter(range(5)), "each feedback once, although the link broke"
     finally:
         await client.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_come_back_to_a_restarted_distributor(
+    standalone: Any, nodes: NodeProcesses, tmp_path: Path
+) -> None:
+    port, process = standalone
+    node = nodes.start("worker_1", port)
+    client = await started_client(port)
+    first = client.enqueue("sleepy", {"seconds": 2.0})
+    await deferLater(reactor, 0.5, lambda: None)  # it is running on the node
+    await client.stopService()
+    process.kill()
+    process.wait(10)
+    restarted = subprocess.Popen(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={tmp_path / 'distributor2.log'}",
+            "jr-distributor",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env=node_env(),
+    )
+    try:
+        client = await started_client(port)
+        result = await bounded(client.enqueue("my_job", {"after": "restart"}).deferred)
+        assert result["result"] == "Yay!"
+        await deferLater(reactor, 2.5, lambda: None)  # the old job ends; its report is dropped
+        assert node.poll() is None, "the node carried on"
+        log = nodes.log("worker_1")
+        assert log.count("joined distributor") == 2
+        assert not first.done
+        await client.stopService()
+    finally:
+        restarted.kill()
+        restarted.wait(10)
