@@ -116,7 +116,7 @@ async def test_nodes_come_back_to_a_restarted_distributor(
             "jr-distributor",
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
-        ],  # fmt: skip
+        ],
         cwd=tmp_path,
         env=node_env(),
     )
