@@ -11,11 +11,16 @@ fi
 # A stamp keeps re-runs fast: reinstall only when the package metadata changed.
 stamp=.venv/.jobreactor-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+    echo "installing jobreactor and its tools into .venv (log: .venv/install.log)" >&2
     # compat mode puts the repository on sys.path, so twistd finds twisted/plugins/.
-    .venv/bin/python -m pip install --quiet -e '.[test,dev]' --config-settings editable_mode=compat \
-        2>&1 | grep -v '^WARNING: Location' || true
-    .venv/bin/python -c 'import jobreactor, pytest_twisted, txredisapi' 
+    if ! { .venv/bin/python -m pip install --upgrade pip setuptools wheel &&
+           .venv/bin/python -m pip install -e '.[test,dev]' --config-settings editable_mode=compat
+         } > .venv/install.log 2>&1; then
+        tail -30 .venv/install.log >&2
+        echo "installing into .venv failed; the whole log is .venv/install.log" >&2
+        exit 1
+    fi
+    .venv/bin/python -c 'import jobreactor, pytest_twisted, txredisapi'
     touch "$stamp"
 fi
 
