@@ -94,7 +94,7 @@ class NodeProcess(protocol.ProcessProtocol):
         self.log_path = log_path
         self.log = log_path.open("wb")
         self.ended: Deferred[str] = Deferred()
-        #: How the process ended: "exit code N" or "signal N" (twistd re-raises SIGTERM).
+        #: How the process ended: "exit code N" or "signal N".
         self.exit_status = "running"
         self.running = False
 
@@ -320,7 +320,7 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
     failures = burst.failures + serial.failures
     if failures:
         print(f"{len(failures)} jobs failed; the first: {failures[0]}")
-    print(f"node stopped ({ended}; twistd ends a SIGTERM shutdown by re-raising it)")
+    print(f"node stopped with SIGTERM: {ended}")
     print(f"node log: {workdir / 'node.log'}")
     if failures:
         raise SystemExit(1)
