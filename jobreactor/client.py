@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -70,6 +71,10 @@ class Submitter:
         self.protocol: JobReactorAMP | None = None
         self._jobs: dict[str, _Submitted] = {}
         self._send_call: IDelayedCall | None = None
+        self._cancel_later: set[str] = set()
+        #: Called with each report for a job this process does not know: outcomes the
+        #: distributor kept for a previous process of the same client name.
+        self.on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None
 
     @property
     def pending(self) -> int:
@@ -115,12 +120,16 @@ class Submitter:
             self._settle(submitted, report)
             return
         if self.protocol is None:
-            log.warn("cannot cancel job {job_id} while disconnected", job_id=handle.id)
+            self._cancel_later.add(handle.id)  # asked for as soon as the link is back
             return
+        self._ask_cancel([handle.id])
+
+    def _ask_cancel(self, job_ids: list[str]) -> None:
+        assert self.protocol is not None
         try:
-            asked: Deferred[Any] = self.protocol.callRemote(CancelJobs, job_ids=[handle.id])
+            asked: Deferred[Any] = self.protocol.callRemote(CancelJobs, job_ids=job_ids)
         except Exception:
-            log.failure("cancelling job {job_id}", job_id=handle.id)
+            log.failure("cancelling jobs {job_ids}", job_ids=job_ids)
             return
         asked.addErrback(lambda failure: log.failure("cancelling job", failure))
 
@@ -129,6 +138,10 @@ class Submitter:
         for submitted in self._jobs.values():
             submitted.acknowledged = False  # resend: the distributor may never have got it
         self.schedule_send()
+        cancels = [job_id for job_id in self._cancel_later if job_id in self._jobs]
+        self._cancel_later.clear()
+        if cancels:
+            self._clock.callLater(0, self._ask_cancel, cancels)  # after the resend
 
     def disconnected(self) -> None:
         self.protocol = None
@@ -210,7 +223,8 @@ class Submitter:
         for report in reports:
             submitted = self._jobs.get(report.job_id)
             if submitted is None:
-                continue  # a duplicate of something already final
+                self._unknown(report)
+                continue
             if report.feedback is not None:
                 if report.run <= submitted.last_run and report.run > 0:
                     continue
@@ -219,6 +233,17 @@ class Submitter:
                 self._settle(submitted, report)
             else:
                 fire_feedback(submitted.job, report, submitted.success, submitted.error)
+
+    def _unknown(self, report: Report) -> None:
+        """A report for no job of this process: a late duplicate, or an outcome kept for a
+        previous process of this client name, which only ``on_unknown_outcome`` can use."""
+        if self.on_unknown_outcome is None:
+            log.info("outcome of job {job_id} has no handle here: dropped", job_id=report.job_id)
+            return
+        try:
+            self.on_unknown_outcome(report.to_wire())
+        except Exception:
+            log.failure("on_unknown_outcome raised for job {job_id}", job_id=report.job_id)
 
     def _settle(self, submitted: _Submitted, report: Report) -> None:
         self._jobs.pop(submitted.job.id, None)
@@ -259,7 +284,9 @@ class Client(service.Service):
     ``enqueue`` gives the same handle, Deferred and feedbacks as an embedded
     :class:`~jobreactor.Distributor`; call it in the reactor thread (``JR.enqueue`` does the
     thread hop). ``name`` identifies the client to the distributor: keep it stable across
-    restarts of a long-lived process to collect outcomes that arrived while it was away.
+    restarts of a long-lived process to collect outcomes that arrived while it was away:
+    jobs of this process get their feedbacks and handles as usual; reports for jobs of a
+    previous process (no handle here) go to ``on_unknown_outcome(report_dict)``.
     """
 
     def __init__(
@@ -270,6 +297,7 @@ class Client(service.Service):
         config: Config | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
+        on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -282,6 +310,7 @@ class Client(service.Service):
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self.submitter = Submitter(self._clock, self.config.max_args_bytes)
+        self.submitter.on_unknown_outcome = on_unknown_outcome
         self._service: ClientService | None = None
         self._waiting_connect: list[Deferred[Client]] = []
         self.distributor_id: str | None = None
@@ -390,6 +419,7 @@ def connect(
     name: str | None = None,
     config: Config | None = None,
     reactor: Any = None,
+    on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Client:
     """Start a :class:`Client` of the distributor at ``endpoint`` (``"tcp:host=H:port=P"``).
 
@@ -400,6 +430,8 @@ def connect(
         raise ValueError(
             f"a distributor address is an endpoint string like tcp:host=H:port=P, not {endpoint!r}"
         )
-    client = Client(endpoint, name=name, config=config, reactor=reactor)
+    client = Client(
+        endpoint, name=name, config=config, reactor=reactor, on_unknown_outcome=on_unknown_outcome
+    )
     client.startService()
     return client

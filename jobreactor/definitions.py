@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import importlib.util
 import math
+import os
 import sys
 import traceback
 import uuid
@@ -239,11 +240,10 @@ def _import_file(path: Path, module_name: str) -> None:
         raise JobDefinitionError(f"{path}: {error}") from None
     except (Exception, SystemExit) as error:
         del sys.modules[module_name]
-        if isinstance(error, SyntaxError) and error.filename == str(path):
+        here = {str(path), str(path.resolve()), os.path.abspath(path)}
+        if isinstance(error, SyntaxError) and error.filename in here:
             line = error.lineno  # a SyntaxError in a module it imports has a traceback here
         else:
-            frames = [
-                f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)
-            ]
+            frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename in here]
             line = frames[-1].lineno if frames else None
         raise JobDefinitionError(f"{path}, line {line}: {type(error).__name__}: {error}") from error

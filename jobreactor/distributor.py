@@ -600,7 +600,14 @@ class Distributor(service.Service):
             self._finish_with_report(
                 entry,
                 Report(
-                    entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message
+                    entry.job.id,
+                    entry.job.run + 1,
+                    Status.FAILED,
+                    "error",
+                    True,
+                    args,
+                    message,
+                    "RejectedByNode",
                 ),
             )
         if retry_elsewhere:
@@ -623,7 +630,14 @@ class Distributor(service.Service):
             self._finish_with_report(
                 entry,
                 Report(
-                    entry.job.id, entry.job.run + 1, Status.FAILED, "error", True, args, message
+                    entry.job.id,
+                    entry.job.run + 1,
+                    Status.FAILED,
+                    "error",
+                    True,
+                    args,
+                    message,
+                    "DispatchFailed",
                 ),
             )
 

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -33,6 +34,7 @@ from jobreactor.chain import AttemptOutcome, run_attempt
 from jobreactor.client import Submitter
 from jobreactor.config import Config
 from jobreactor.definitions import JobDefinition, JobRegistry, load_jobs_directory
+from jobreactor.enqueueing import build_job
 from jobreactor.errors import InvalidJobError, NotRunningError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Report, Status
@@ -475,7 +477,24 @@ class Node(service.MultiService):
             if not connected and not self._links:
                 raise NotRunningError(f"node {self.name} dials no distributor")
             link = (connected or list(self._links.values()))[0]
-        return link.submitter().enqueue(name, args, options, success, error)
+        if threadable.isInIOThread():
+            return link.submitter().enqueue(name, args, options, success, error)
+        # a defer=True job: check here, in its thread, then hand over to the reactor
+        for feedback in (success, error):
+            if feedback is not None and not callable(feedback):
+                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        job = build_job(
+            name,
+            args,
+            options,
+            now=self._clock.seconds(),
+            max_args_bytes=self.config.max_args_bytes,
+        )
+        handle = JobHandle(
+            job.id, job.name, lambda h: self._reactor.callFromThread(link.submitter().cancel, h)
+        )
+        self._reactor.callFromThread(lambda: link.submitter().submit(job, success, error, handle))
+        return handle
 
     def connected_distributors(self) -> list[str]:
         """Endpoints of the distributors this node has a live session with."""
@@ -487,7 +506,10 @@ class Node(service.MultiService):
         return len(self._jobs)
 
     def _hello(self, link: _DistributorLink, protocol: NodeProtocol) -> Deferred[Any]:
+        # Jobs this node holds, and those whose outcome waits in the outbox: the distributor
+        # must not run those again elsewhere; the outcome follows right after Hello.
         held = [job.id for job in self._jobs.values() if job.distributor == link.endpoint]
+        held += [report.job_id for report in link.outbox if report.job_id not in self._jobs]
         said: Deferred[Any] = protocol.callRemote(
             Hello,
             name=self.name,

@@ -47,6 +47,7 @@ class JobReactor:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._setup_failure: Failure | None = None
+        self._stop_on_failure = False
         self.distributor: Distributor | None = None
         self.client: Client | None = None
         self.nodes_started: list[Node] = []
@@ -81,10 +82,18 @@ class JobReactor:
         atexit.register(self.stop)
 
     def run_forever(self, setup: Callable[[], Any] | None = None) -> None:
-        """Run the reactor in this thread until it is stopped (the original's ``JR.run!``)."""
+        """Run the reactor in this thread until it is stopped (the original's ``JR.run!``).
+
+        If ``setup`` fails (a broken jobs file, a port in use), the reactor stops and its
+        error is raised here, so a worker script exits instead of idling.
+        """
         self._ready.clear()
+        self._setup_failure = None
+        self._stop_on_failure = True
         self.reactor.callWhenRunning(self._setup, setup)
         self.reactor.run()
+        if self._setup_failure is not None:
+            self._setup_failure.raiseException()
 
     def _setup(self, setup: Callable[[], Any] | None) -> None:
         def done(result: Any) -> None:
@@ -96,6 +105,8 @@ class JobReactor:
             from twisted.logger import Logger
 
             Logger().failure("JobReactor setup failed", failure)
+            if self._stop_on_failure and self.reactor.running:
+                self.reactor.stop()
 
         if setup is None:
             self._ready.set()
@@ -226,8 +237,9 @@ class JobReactor:
         """Use a standalone distributor (``twistd jr-distributor``) for ``JR.enqueue``.
 
         Call in the reactor thread (``setup`` runs there); fires once the distributor has
-        accepted this client. ``name`` lets a restarted process collect the outcomes that
-        arrived while it was away (default: a fresh name per process).
+        accepted this client. With a stable ``name`` a connection blip loses no outcome, and
+        a restarted process receives the outcomes of its predecessor's jobs through
+        ``JR.client.submitter.on_unknown_outcome`` (default: a fresh name per process).
         """
         client = connect(endpoint, name=name, config=self.config, reactor=self.reactor)
         self.client = client

@@ -3,29 +3,64 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
-from jobreactor.config import Config
 from jobreactor.definitions import load_jobs_directory
 from jobreactor.errors import ConfigError, JobDefinitionError
+from jobreactor.logging import WithLogObserver
 from jobreactor.node import Node, endpoint_description
 from jobreactor.storage import open_storage
+from jobreactor.tap_options import DaemonOptions, as_positive_int, as_text
 
 
-class Options(usage.Options):
+class Options(DaemonOptions):
     """Every problem is a one-line usage error, so twistd exits non-zero without a traceback."""
 
-    synopsis = "--name NAME [--distributor ENDPOINT ...] [--jobs DIR] [--storage URL] [--slots N]"
-    optParameters = [
-        ["name", "n", None, "Node name, unique among the nodes of a distributor (required)."],
-        ["jobs", "j", "reactor_jobs", "Jobs directory, loaded recursively at start."],
-        ["storage", "s", "memory", "Where accepted jobs are kept: memory."],
-        ["slots", None, None, "Jobs run at once (default: the node_slots setting, 50).", int],
+    table = "node"
+    command = "jr-node"
+    synopsis = (
+        "--name NAME [--distributor ENDPOINT ...] [--jobs DIR] [--storage URL] [--slots N]"
+        " [--config FILE] [--setting NAME=VALUE ...] [--log-format json|text]"
+    )
+    longdesc = (
+        "Runs a JobReactor node. Each option is taken from the command line, else from its "
+        "environment variable (an empty one counts as unset), else from the [node] table of "
+        "the --config file (keys: name, jobs, storage, distributors, slots, log_format), "
+        "else from its default. Config settings (max_attempt, heartbeat_timeout, ...) come "
+        "from --setting NAME=VALUE, else JR_SETTING_<NAME>, else the [settings] table."
+    )
+    optParameters: ClassVar[list[list[Any]]] = [
+        [
+            "name",
+            "n",
+            None,
+            "Node name, unique among the nodes of a distributor (required). Env: JR_NODE_NAME.",
+        ],
+        [
+            "jobs",
+            "j",
+            None,
+            "Jobs directory, loaded recursively at start (default: the job_directory "
+            "setting, reactor_jobs). Env: JR_JOBS.",
+        ],
+        [
+            "storage",
+            "s",
+            None,
+            "Where accepted jobs are kept: memory, sqlite:PATH or a redis://HOST:PORT/DB "
+            "URL (default: memory). Env: JR_STORAGE.",
+        ],
+        [
+            "slots",
+            None,
+            None,
+            "Jobs run at once (default: the node_slots setting, 50). Env: JR_SLOTS.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -33,26 +68,81 @@ class Options(usage.Options):
         self["distributors"] = []
 
     def opt_distributor(self, endpoint: str) -> None:
-        """Distributor to dial, as an endpoint string (tcp:host=H:port=P); may be repeated.
-        Default: tcp:host=localhost:port=5000."""
         self["distributors"].append(endpoint)
+
+    opt_distributor.__doc__ = (
+        "Distributor to dial, as a client endpoint string (tcp:host=H:port=P); may be "
+        "repeated (default: tcp:host=localhost:port=5000). Env: JR_DISTRIBUTORS, "
+        "comma-separated."
+    )
 
     opt_d = opt_distributor
 
+    def table_keys(self) -> tuple[str, ...]:
+        return ("name", "jobs", "storage", "distributors", "slots", "log_format")
+
     def postOptions(self) -> None:
-        if not self["name"]:
-            raise usage.UsageError("--name is required")
-        if not self["distributors"]:
-            self["distributors"] = ["tcp:host=localhost:port=5000"]
+        self.load_config_file()
+        config = self.build_config()
+        name, _ = self.pick("name", "JR_NODE_NAME", "name", as_text)
+        if name is None:
+            raise usage.UsageError(
+                "--name is required (or JR_NODE_NAME, or name in the [node] table of --config)"
+            )
+        self["name"] = name
+        jobs, jobs_source = self.pick("jobs", "JR_JOBS", "jobs", as_text)
+        self["jobs"] = jobs if jobs is not None else config.job_directory
+        storage, storage_source = self.pick("storage", "JR_STORAGE", "storage", as_text)
+        self["storage"] = storage if storage is not None else "memory"
+        self["slots"], _ = self.pick("slots", "JR_SLOTS", "slots", as_positive_int)
+        distributors, distributors_source = self.pick(
+            "distributor",
+            "JR_DISTRIBUTORS",
+            "distributors",
+            as_endpoints,
+            cli_value=self["distributors"] or None,
+        )
+        self["distributors"] = distributors or ["tcp:host=localhost:port=5000"]
+        self.choose_log_format()
+        check_client_endpoints(self["distributors"], distributors_source)
         try:
-            for address in self["distributors"]:
-                endpoint_description(address)
             self["registry"] = load_jobs_directory(self["jobs"])
+        except JobDefinitionError as error:
+            raise usage.UsageError(f"{jobs_source}: {error}") from None
+        try:
             self["storage_object"] = open_storage(self["storage"])
-            if self["slots"] is not None and self["slots"] < 1:
-                raise ConfigError(f"--slots must be at least 1, not {self['slots']}")
-        except (JobDefinitionError, ConfigError, ValueError) as error:
-            raise usage.UsageError(str(error)) from None
+        except (ConfigError, ValueError) as error:
+            raise usage.UsageError(f"{storage_source}: {error}") from None
+        self["config_object"] = config
+
+
+def as_endpoints(value: Any, source: str) -> list[str]:
+    """Distributor endpoints from the command line (a list), the environment (comma-separated)
+    or the config file (a list of strings, or one string)."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(item, str) and item for item in value)
+    ):
+        raise usage.UsageError(f"{source}: must be endpoint strings, not {value!r}")
+    return value
+
+
+def check_client_endpoints(addresses: list[str], source: str) -> None:
+    """Parse each address as Twisted will when it dials, so a typo stops the node now."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+
+    for address in addresses:
+        try:
+            clientFromString(reactor, endpoint_description(address))
+        except Exception as error:
+            raise usage.UsageError(
+                f"{source}: {address!r} is not a client endpoint string ({error}); "
+                "write e.g. tcp:host=localhost:port=5000"
+            ) from None
 
 
 class DaemonNode(service.MultiService):
@@ -81,13 +171,15 @@ class DaemonNode(service.MultiService):
         return stopped.addCallback(drained)
 
 
-def makeService(options: dict[str, Any]) -> service.IService:
+def makeService(options: Options) -> service.IService:
     node = Node(
         options["name"],
         options["distributors"],
         storage=options["storage_object"],
         registry=options["registry"],
         slots=options["slots"],
-        config=Config(),
+        config=options["config_object"],
     )
-    return DaemonNode(node)
+    daemon = DaemonNode(node)
+    observer = options.observer_for_twistd()
+    return daemon if observer is None else WithLogObserver(daemon, observer)

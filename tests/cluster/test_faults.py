@@ -179,3 +179,20 @@ def test_graceful_stop_hands_back_jobs_still_running_after_the_grace_period(
     jobs.pending["staying"][0].callback(None)
     cluster.run()
     assert [args["ran_on"] for args in seen] == ["staying"]
+
+
+def test_job_finished_while_disconnected_is_not_run_again(
+    cluster: LocalCluster, jobs: Jobs
+) -> None:
+    cluster.add_node("worker_1")
+    cluster.add_node("worker_2", slots=1)
+    seen: list[dict[str, Any]] = []
+    cluster.distributor.enqueue("slow", {}, node="worker_1", success=seen.append)
+    cluster.run()
+    cluster.disconnect("worker_1")
+    jobs.pending["worker_1"][0].callback(None)  # finishes while the link is down
+    cluster.run()
+    cluster.connect("worker_1")  # its Hello names the job whose outcome it still holds
+    cluster.advance(30)
+    assert "worker_2" not in jobs.pending, "not run a second time"
+    assert [args["ran_on"] for args in seen] == ["worker_1"]

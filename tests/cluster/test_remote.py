@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 
-from jobreactor import Config, JobCancelled, JobFailed, JobRegistry, current_node, job
+from jobreactor import Client, Config, JobCancelled, JobFailed, JobRegistry, current_node, job
 from jobreactor.definitions import registering_into
 from jobreactor.testing import LocalCluster
 
@@ -142,3 +142,36 @@ def test_a_node_enqueues_for_other_nodes_and_gets_the_feedback(
     cluster.run()
     assert sorted(args["result"] for args in jobs.fanned_out) == [2, 4, 6]
     assert {args["ran_on"] for args in jobs.fanned_out} == {"worker_2"}
+
+
+def test_cancel_while_disconnected_is_sent_when_back(cluster: LocalCluster, jobs: Jobs) -> None:
+    client = cluster.add_client("app")
+    handle = client.enqueue("slow", {})
+    cluster.run()
+    cluster.disconnect("app")
+    handle.cancel()
+    cluster.run()
+    assert not jobs.pending[0].called
+    cluster.connect_client("app")
+    cluster.run()
+    assert jobs.pending[0].called
+    assert outcome_of(handle).check(JobCancelled)
+
+
+def test_outcomes_kept_for_a_previous_process_reach_on_unknown_outcome(
+    cluster: LocalCluster, jobs: Jobs
+) -> None:
+    first = cluster.add_client("app")
+    first.enqueue("slow", {"n": 7})
+    cluster.run()
+    cluster.disconnect("app")
+    del cluster.clients["app"]
+    jobs.pending[0].callback(None)
+    cluster.run()
+    orphans: list[dict[str, Any]] = []
+    # a new process, same client name
+    cluster.clients["app"] = Client(
+        "memory:", name="app", clock=cluster.clock, on_unknown_outcome=orphans.append
+    )
+    cluster.connect_client("app")
+    assert [report["args"]["n"] for report in orphans] == [7]
