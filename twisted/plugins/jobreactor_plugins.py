@@ -1,4 +1,7 @@
-"""twistd plugins ``jr-node`` and ``jr-distributor``; the options live in :mod:`jobreactor.tap`."""
+"""twistd plugins ``jr-node`` and ``jr-distributor``.
+
+Their options live in :mod:`jobreactor.tap_node` and :mod:`jobreactor.tap_distributor`.
+"""
 
 from twisted.application.service import ServiceMaker
 
