@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,6 +46,7 @@ from jobreactor.protocol import (
     UnsupportedVersion,
     in_boxes,
 )
+from jobreactor.waiting import WaitingLine
 
 Feedback = Callable[[dict[str, Any]], Any]
 
@@ -116,6 +116,10 @@ class _Outbox:
     reports: list[Report] = attrs.Factory(list)
     flush_call: IDelayedCall | None = None
     expiry: IDelayedCall | None = None
+
+
+def _priority(entry: _Entry) -> int:
+    return entry.job.priority
 
 
 def _report_size(report: Report) -> int:
@@ -220,8 +224,8 @@ class Distributor(service.Service):
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._owned: dict[str, _Entry] = {}
-        self._waiting: deque[_Entry] = deque()
-        self._future: deque[_Entry] = deque()
+        self._waiting: WaitingLine[_Entry] = WaitingLine(_priority)
+        self._future: WaitingLine[_Entry] = WaitingLine(_priority)
         self._links: dict[str, _NodeLink] = {}
         self._grace_timers: dict[str, IDelayedCall] = {}
         self._dispatch_call: IDelayedCall | None = None
@@ -365,7 +369,7 @@ class Distributor(service.Service):
         self._schedule_dispatch()
         return handle
 
-    def _queue_for(self, entry: _Entry) -> deque[_Entry]:
+    def _queue_for(self, entry: _Entry) -> WaitingLine[_Entry]:
         """Jobs due later wait apart: they take no slot, so no slot should hold them up."""
         run_at = entry.job.run_at
         if run_at is not None and run_at > self._clock.seconds() + FUTURE_MARGIN:
@@ -500,7 +504,7 @@ class Distributor(service.Service):
                 for name, link in self._links.items()
                 if link.slots > 0 and not (link.leaving or link.resting)
             }
-            waiting_longer: deque[_Entry] = deque()
+            waiting_longer: list[_Entry] = []
             while self._future and open_links:
                 entry = self._future.popleft()
                 target = self._choose(entry.job, open_links)
@@ -509,10 +513,9 @@ class Distributor(service.Service):
                     continue
                 batches.setdefault(target, []).append(entry)
                 open_links[target] -= 1  # spread them out
-            waiting_longer.extend(self._future)
-            self._future = waiting_longer
+            self._future.put_back(waiting_longer)
         rooms = {name: link.room for name, link in self._links.items() if link.room > 0}
-        skipped: deque[_Entry] = deque()
+        skipped: list[_Entry] = []
         while self._waiting and rooms:
             entry = self._waiting.popleft()
             target = self._choose(entry.job, rooms)
@@ -523,8 +526,7 @@ class Distributor(service.Service):
             rooms[target] -= 1
             if rooms[target] == 0:
                 del rooms[target]
-        skipped.extend(self._waiting)
-        self._waiting = skipped
+        self._waiting.put_back(skipped)
         for name, entries in batches.items():
             self._send(self._links[name], entries)
 

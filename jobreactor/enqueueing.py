@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from jobreactor.errors import InvalidJobError
-from jobreactor.model import Job, encode_args
+from jobreactor.model import MAX_PRIORITY, Job, encode_args
 
 #: The options ``enqueue`` understands; anything else is refused by name.
 ENQUEUE_OPTIONS = frozenset(
@@ -25,6 +25,7 @@ ENQUEUE_OPTIONS = frozenset(
         "node",
         "not_node",
         "max_attempt",
+        "priority",
         "retry_delay",
         "timeout",
     }
@@ -127,6 +128,11 @@ def build_job(
     timeout = options.get("timeout")
     if timeout is not None:
         timeout = _seconds("timeout", timeout, positive=True)
+    priority = options.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise InvalidJobError(
+            f"priority must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}, not {priority!r}"
+        )
     defer = options.get("defer", False)
     if not isinstance(defer, bool):
         raise InvalidJobError(f"defer must be True or False, not {defer!r}")
@@ -144,4 +150,5 @@ def build_job(
         retry_delay=retry_delay,
         timeout=timeout,
         enqueued_at=now,
+        priority=priority,
     )

@@ -37,6 +37,9 @@ class Status(enum.StrEnum):
 
 
 #: Statuses after which nothing more happens to a job.
+#: Priorities run from -MAX_PRIORITY to MAX_PRIORITY; 0 is the default.
+MAX_PRIORITY = 1000
+
 FINAL_STATUSES = frozenset({Status.COMPLETE, Status.FAILED, Status.CANCELLED})
 
 
@@ -151,6 +154,8 @@ class Job:
     #: Endpoint of the distributor that sent the job; its outcome goes back there.
     distributor: str | None = None
     enqueued_at: float | None = None
+    #: Higher goes first among jobs waiting for a node; FIFO within one priority.
+    priority: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready form used on the wire and in storage."""
@@ -210,6 +215,15 @@ class Job:
         if not isinstance(not_node, list) or not all(isinstance(n, str) for n in not_node):
             raise InvalidJobError("job field 'not_node' must be a list of node names")
         values["not_node"] = tuple(not_node)
+        priority = values.get("priority", 0)
+        if (
+            not isinstance(priority, int)
+            or isinstance(priority, bool)
+            or abs(priority) > MAX_PRIORITY
+        ):
+            raise InvalidJobError(
+                f"job field 'priority' must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}"
+            )
         if not isinstance(values.get("defer", False), bool):
             # bool("false") is True: a lenient reading would run the job in a thread.
             raise InvalidJobError("job field 'defer' must be true or false")

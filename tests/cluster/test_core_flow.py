@@ -185,3 +185,18 @@ def test_cancel_job_in_chain_fires_success_feedback(cluster: LocalCluster) -> No
     cluster.distributor.enqueue("stopper", {"k": 1}, success=successes.append)
     cluster.run()
     assert successes == [{"k": 1}]
+
+
+def test_higher_priority_goes_first_fifo_within_one(registry: JobRegistry) -> None:
+    cluster = LocalCluster(registry, config=Config(merge_job_itself_to_args=True))
+    order: list[str] = []
+    for label, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -1)]:
+
+        def note(args: dict[str, Any], label: str = label) -> None:
+            order.append(label)
+
+        cluster.distributor.enqueue("where", {}, priority=priority, success=note)
+    cluster.add_node("worker_1", slots=1)
+    cluster.advance(1)
+    assert order == ["b", "d", "a", "c", "e"]
+    cluster.stop()

@@ -64,8 +64,8 @@ def test_a_job_name_must_be_a_non_empty_string(name: Any) -> None:
 
 
 def test_an_unknown_option_is_refused_by_name() -> None:
-    with pytest.raises(InvalidJobError, match=r"unknown enqueue option.*: priority") as raised:
-        build(priority=1, after=3)
+    with pytest.raises(InvalidJobError, match=r"unknown enqueue option.*: urgency") as raised:
+        build(urgency=1, after=3)
 
     assert "after" in str(raised.value)  # and the real options are listed
 
@@ -235,3 +235,15 @@ def test_a_built_job_survives_the_wire() -> None:
     job = build(args={"a": [1, "b"]}, after=5, period=60, not_node=["n"], timeout=2)
 
     assert Job.from_wire(job.to_wire()) == job
+
+
+@pytest.mark.parametrize("priority", [True, 1.5, "high", 1001, -1001])
+def test_priority_must_be_a_bounded_integer(priority: object) -> None:
+    with pytest.raises(InvalidJobError, match="priority"):
+        build(priority=priority)
+
+
+def test_priority_travels_with_the_job() -> None:
+    job = build(priority=7)
+    assert job.priority == 7
+    assert type(job).from_wire(job.to_wire()).priority == 7

@@ -144,9 +144,9 @@ def test_a_malformed_job_is_refused_naming_the_field(change: dict[str, Any], fie
 
 
 def test_an_unknown_job_field_is_refused_naming_it() -> None:
-    wire = {**full_job().to_wire(), "priority": 1, "colour": "red"}
+    wire = {**full_job().to_wire(), "urgency": 1, "colour": "red"}
 
-    with pytest.raises(InvalidJobError, match=r"unknown job field.*: colour, priority"):
+    with pytest.raises(InvalidJobError, match=r"unknown job field.*: colour, urgency"):
         Job.from_wire(wire)
 
 
