@@ -116,7 +116,7 @@ class Options(DaemonOptions):
         self["config_object"] = config
 
 
-def as_endpoints(value: Any, source: str) -> list[str]:
+def as_endpoints(value: Any, source: str, typed: bool = False) -> list[str]:
     """Distributor endpoints from the command line (a list), the environment (comma-separated)
     or the config file (a list of strings, or one string)."""
     if isinstance(value, str):

@@ -88,17 +88,18 @@ def read_config_file(path: str, source: str) -> dict[str, dict[str, Any]]:
     return data
 
 
-# -- converters: (value, source) -> value, raising UsageError naming the source ------------
+# -- converters: (value, source, typed) -> value, raising UsageError naming the source ------
+# ``typed`` is true for a value from the config file: TOML has types, so "3" is not 3 there.
 
 
-def as_text(value: Any, source: str) -> str:
+def as_text(value: Any, source: str, typed: bool = False) -> str:
     if not isinstance(value, str) or not value.strip():
         raise usage.UsageError(f"{source}: must be a non-empty string, not {value!r}")
     return value
 
 
-def as_positive_int(value: Any, source: str) -> int:
-    if isinstance(value, str):
+def as_positive_int(value: Any, source: str, typed: bool = False) -> int:
+    if isinstance(value, str) and not typed:
         try:
             value = int(value.strip())
         except ValueError:
@@ -110,7 +111,7 @@ def as_positive_int(value: Any, source: str) -> int:
     return value
 
 
-def as_log_format(value: Any, source: str) -> str:
+def as_log_format(value: Any, source: str, typed: bool = False) -> str:
     if not isinstance(value, str) or value.strip().lower() not in LOG_FORMATS:
         choices = " or ".join(LOG_FORMATS)
         raise usage.UsageError(f"{source}: the log format is {choices}, not {value!r}")
@@ -198,20 +199,20 @@ class DaemonOptions(usage.Options):
         option: str,
         env: str,
         key: str,
-        convert: Callable[[Any, str], T],
+        convert: Callable[[Any, str, bool], T],
         cli_value: Any = None,
     ) -> tuple[T | None, str]:
         """The value of one option and a label of where it came from, by precedence."""
         value = self.get(option) if cli_value is None else cli_value
         if value is not None:
-            return convert(value, f"--{option}"), f"--{option}"
+            return convert(value, f"--{option}", False), f"--{option}"
         text = os.environ.get(env)
         if text:
-            return convert(text, env), env
+            return convert(text, env, False), env
         table = self._file.get(self.table, {})
         if key in table:
             source = f"{key} in [{self.table}] of {self._file_name}"
-            return convert(table[key], source), source
+            return convert(table[key], source, True), source
         return None, f"--{option} (default)"
 
     def build_config(self) -> Config:
