@@ -4,10 +4,9 @@ jobs and runs each at its due time; finished ones stay finished."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from collections import Counter
-from contextlib import closing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,9 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from jobreactor import Config, Distributor
+from jobreactor.monitor import Monitor
+from jobreactor.storage import open_storage
+from tests.storage.conftest import RedisServer
 
 from .conftest import NodeProcesses, bounded, port_of
 
@@ -42,13 +44,35 @@ async def until(predicate: Any, seconds: float = 30) -> None:
     raise AssertionError(f"not true within {seconds} s")
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:{tmp_path / 'node.db'}"
+        return
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield f"{server.url}?prefix=restart&timeout=2"
+    server.stop()
+
+
+async def stored_job_statuses(storage_url: str) -> dict[str, str]:
+    """Job id -> status of node keeper's stored jobs, read through the storage's own API."""
+    storage = open_storage(storage_url)
+    await storage.open()
+    try:
+        jobs = await Monitor(storage).jobs_for("keeper")
+    finally:
+        await storage.close()
+    return {job.id: job.status.value for job in jobs}
+
+
 @pytest_twisted.ensureDeferred
-async def test_sqlite_node_restarted_after_sigkill_runs_its_unfinished_jobs(
-    patient_distributor: Distributor, nodes: NodeProcesses, tmp_path: Path
+async def test_node_restarted_after_sigkill_runs_its_unfinished_jobs(
+    patient_distributor: Distributor, nodes: NodeProcesses, tmp_path: Path, storage_url: str
 ) -> None:
     distributor = patient_distributor
     port = port_of(distributor)
-    storage = f"sqlite:{tmp_path / 'node.db'}"
+    storage = storage_url
     first = nodes.start("keeper", port, "--storage", storage)
     await bounded(distributor.when_nodes(names=["keeper"]))
     done = distributor.enqueue("my_job", {})
@@ -74,10 +98,41 @@ async def test_sqlite_node_restarted_after_sigkill_runs_its_unfinished_jobs(
         await bounded(retrying.deferred)
     await until(lambda: max(periodic_runs) >= 3, 10)
     assert set(periodic_runs.values()) == {1}, "each periodic run fed back once"
-    with closing(sqlite3.connect(tmp_path / "node.db")) as db:
-        statuses = dict(db.execute("SELECT id, status FROM jobs WHERE node = 'keeper'"))
+    statuses = await stored_job_statuses(storage_url)
     assert done.id not in statuses, "a finished job stays finished (remove_done_jobs)"
     assert statuses.get(retrying.id) == "failed", "failed jobs are kept (remove_failed_jobs)"
     periodic.cancel()
     await bounded(defer.DeferredList([periodic.deferred], consumeErrors=True))
     assert "keeper" in [info.name for info in distributor.nodes()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_is_survived_and_loses_no_acknowledged_job(
+    patient_distributor: Distributor, nodes: NodeProcesses, tmp_path: Path
+) -> None:
+    distributor = patient_distributor
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        url = f"{server.url}?prefix=outage&timeout=1"
+        node = nodes.start("keeper", port_of(distributor), "--storage", url)
+        await bounded(distributor.when_nodes(names=["keeper"]))
+        assert (await bounded(distributor.enqueue("my_job", {}).deferred))["result"] == "Yay!"
+        started = time.time()
+        acknowledged = distributor.enqueue("stamp", {}, after=6)  # stored before the outage
+        await until(lambda: distributor.nodes()[0].holding == 1)
+        await deferLater(reactor, 0.3, lambda: None)  # its save reached the AOF (everysec)
+        await deferLater(reactor, 1.0, lambda: None)
+        server.stop(signal.SIGKILL)
+        during = distributor.enqueue("my_job", {"during": "outage"})
+        await deferLater(reactor, 3, lambda: None)
+        assert node.poll() is None, "the node is still up"
+        assert not during.done, "a job the node cannot store is not acknowledged, not lost"
+        assert distributor.pending == 2
+        server.start()  # same port, same AOF
+        result = await bounded(during.deferred)
+        assert result["during"] == "outage"
+        stamped = await bounded(acknowledged.deferred)
+        assert stamped["at"] >= started + 6
+    finally:
+        server.stop()
