@@ -59,6 +59,7 @@ def full_job(**changes: Any) -> Job:
         make_after=12.0,
         distributor="tcp:127.0.0.1:5000",
         enqueued_at=1_699_999_999.125,
+        priority=7,
     )
     return attrs.evolve(job, **changes)
 
