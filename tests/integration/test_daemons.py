@@ -8,6 +8,7 @@ input ending in one line and a non-zero exit.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -398,6 +399,41 @@ async def test_twist_runs_a_node_in_the_foreground(
     assert result["pid"] == process.pid
     assert await stop(process) == 0, daemons.read("twist_node.out")
     assert json_lines(daemons.read("twist_node.out"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_n_twistd_daemonizes_with_a_pid_file(
+    distributor: Distributor, daemons: Daemons
+) -> None:
+    pidfile = daemons.tmp_path / "node.pid"
+    logfile = daemons.tmp_path / "node.json"
+    # twistd's parent process returns once the daemon has started (or failed to).
+    started = subprocess.run(
+        [
+            TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "jr-node",
+            "--name", "daemon_node", "--jobs", str(daemons.jobs_dir),
+            "--distributor", endpoint(port_of(distributor)), "--log-format", "json",
+        ],
+        cwd=daemons.tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int(pidfile.read_text())
+    try:
+        await bounded(distributor.when_nodes(names=["daemon_node"]))
+        result = await bounded(distributor.enqueue("whoami", {}).deferred)
+        assert result["pid"] == pid
+        os.kill(pid, signal.SIGTERM)
+        await wait_until(lambda: not pidfile.exists(), "the daemon removes its pid file")
+    finally:
+        if pidfile.exists():
+            os.kill(pid, signal.SIGKILL)
+    assert any(
+        event["log_namespace"].startswith("jobreactor") for event in json_lines(logfile.read_text())
+    )
 
 
 # -- bad input -----------------------------------------------------------------------------
