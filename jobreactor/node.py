@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import threadable
@@ -51,7 +52,7 @@ from jobreactor.protocol import (
     RunJobs,
     in_boxes,
 )
-from jobreactor.storage import IJobStorage, open_storage
+from jobreactor.storage import IJobStorage, StorageError, open_storage
 
 log = Logger()
 
@@ -299,10 +300,31 @@ class Node(service.MultiService):
         self._started.addErrback(self._start_failed)
 
     async def _start(self) -> Node:
-        await self.storage.open()
-        if self.config.retry_jobs_at_start:
-            for job in await self.storage.jobs_for(self.node_name, UNFINISHED):
-                self._hold(job)
+        # A storage server that is down at start (Redis restarting) is waited for: the node
+        # dials no distributor until it can keep what it accepts.
+        delay = 0.5
+        while True:
+            try:
+                await self.storage.open()
+                unfinished = (
+                    await self.storage.jobs_for(self.node_name, UNFINISHED)
+                    if self.config.retry_jobs_at_start
+                    else []
+                )
+                break
+            except StorageError as error:  # unreachable; anything else is a real fault
+                if self._stopping or not self.running:
+                    raise
+                log.warn(
+                    "node {node}: storage not available ({error}); trying again in {delay} s",
+                    node=self.name,
+                    error=error,
+                    delay=delay,
+                )
+                await deferLater(self._clock, delay, lambda: None)
+                delay = min(delay * 2, 10.0)
+        for job in unfinished:
+            self._hold(job)
         for link in self._links.values():
             link.service = ClientService(
                 clientFromString(self._reactor, link.endpoint),

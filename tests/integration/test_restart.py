@@ -136,3 +136,22 @@ async def test_redis_outage_is_survived_and_loses_no_acknowledged_job(
         assert stamped["at"] >= started + 6
     finally:
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_started_before_redis_waits_for_it(
+    patient_distributor: Distributor, nodes: NodeProcesses, tmp_path: Path
+) -> None:
+    distributor = patient_distributor
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    try:
+        url = f"{server.url}?prefix=late&timeout=1"
+        node = nodes.start("keeper", port_of(distributor), "--storage", url)
+        await until(lambda: "storage not available" in nodes.log("keeper"), 15)
+        assert distributor.nodes() == [], "it takes no job it could not keep"
+        server.start()
+        await bounded(distributor.when_nodes(names=["keeper"]))
+        assert (await bounded(distributor.enqueue("my_job", {}).deferred))["result"] == "Yay!"
+        assert node.poll() is None
+    finally:
+        server.stop()
