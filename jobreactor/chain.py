@@ -186,6 +186,12 @@ def _describe(failure: Failure, timeout: float | None) -> tuple[str, str]:
     return (str(error) or repr(error)), type(error).__name__
 
 
+def _drop_itself(args: Args, job_itself: dict[str, Any] | None) -> None:
+    """Remove the reflection the node added; a user's own ``job_itself`` key stays."""
+    if job_itself is not None:
+        args.pop("job_itself", None)
+
+
 def run_attempt(
     definition: JobDefinition,
     args: Args,
@@ -234,7 +240,7 @@ def run_attempt(
         )
 
     def succeeded(final_args: Args) -> AttemptOutcome:
-        final_args.pop("job_itself", None)
+        _drop_itself(final_args, job_itself)
         return AttemptOutcome("success", final_args, "success")
 
     def failed(failure: Failure) -> Deferred[AttemptOutcome] | AttemptOutcome:
@@ -242,7 +248,7 @@ def run_attempt(
         if cancelled_by_caller and failure.check(defer.CancelledError):
             return cancelled_outcome()
         if failure.check(CancelJob):
-            work_args.pop("job_itself", None)
+            _drop_itself(work_args, job_itself)
             _make_reportable(work_args)
             return AttemptOutcome("cancelled", work_args, "success")
         error, error_type = _describe(failure, timeout)
@@ -258,7 +264,7 @@ def run_attempt(
         )
 
         def finish(cancelled: bool) -> AttemptOutcome:
-            errback_args.pop("job_itself", None)
+            _drop_itself(errback_args, job_itself)
             _make_reportable(errback_args)
             kind: Literal["error", "cancelled"] = "cancelled" if cancelled else "error"
             return AttemptOutcome(kind, errback_args, "error", error, error_type)

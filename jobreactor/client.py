@@ -54,6 +54,8 @@ class _Submitted:
     success: Feedback | None
     error: Feedback | None
     acknowledged: bool = False
+    #: Sent at least once: the distributor may have it even if no answer came back.
+    ever_sent: bool = False
     last_run: int = 0
     size: int = 0
 
@@ -114,8 +116,8 @@ class Submitter:
         submitted = self._jobs.get(handle.id)
         if submitted is None:
             return
-        if not submitted.acknowledged:
-            # never reached the distributor: it ends here
+        if not submitted.ever_sent:
+            # never left this process: it ends here
             report = Report(handle.id, 0, Status.CANCELLED, None, True, submitted.job.args)
             self._settle(submitted, report)
             return
@@ -159,6 +161,7 @@ class Submitter:
         for box in in_boxes(unsent, lambda submitted: submitted.size):
             for submitted in box:
                 submitted.acknowledged = True  # in flight; a lost connection resets it
+                submitted.ever_sent = True
             try:
                 sent: Deferred[Any] = protocol.callRemote(
                     Enqueue, jobs=[submitted.job.to_wire() for submitted in box]

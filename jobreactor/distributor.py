@@ -76,6 +76,8 @@ class _Entry:
     size: int = 0
     #: The name of the remote peer that enqueued the job: its reports go back there.
     origin: str | None = None
+    #: The application asked to cancel it while it was on a node.
+    cancel_requested: bool = False
 
 
 @attrs.frozen
@@ -385,6 +387,7 @@ class Distributor(service.Service):
             self._unqueue(entry)
             self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
             return
+        entry.cancel_requested = True  # also honoured if the node is away right now
         self._cancel_on(entry.node, entry.job.id)
 
     def _remote_enqueue(self, link: _NodeLink, raw_jobs: Any) -> dict[str, Any]:
@@ -505,8 +508,12 @@ class Distributor(service.Service):
                 if link.slots > 0 and not (link.leaving or link.resting)
             }
             waiting_longer: list[_Entry] = []
+            due_by = self._clock.seconds() + FUTURE_MARGIN
             while self._future and open_links:
                 entry = self._future.popleft()
+                if entry.job.run_at is None or entry.job.run_at <= due_by:
+                    self._waiting.append(entry)  # its time came while it waited: needs a slot
+                    continue
                 target = self._choose(entry.job, open_links)
                 if target is None:
                     waiting_longer.append(entry)
@@ -681,6 +688,8 @@ class Distributor(service.Service):
             elif entry.node is None:
                 self._unqueue(entry)
                 entry.node = name
+            if entry is not None and entry.node == name and entry.cancel_requested:
+                self._clock.callLater(0, self._cancel_on, name, job_id)  # after the answer
         lost = [e for e in self._owned.values() if e.node == name and e.job.id not in held_ids]
         self._requeue(lost)
         log.info(
@@ -726,6 +735,9 @@ class Distributor(service.Service):
         entries = list(entries)
         for entry in reversed(entries):
             entry.node = None
+            if entry.cancel_requested:  # it was to stop anyway: do not send it anywhere
+                self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
+                continue
             self._queue_for(entry).appendleft(entry)
         if entries:
             self._schedule_dispatch()

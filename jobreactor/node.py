@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import math
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -288,6 +289,7 @@ class Node(service.MultiService):
         self._stopped: Deferred[None] | None = None
         self._drained: Deferred[None] | None = None
         self._handing_back: set[str] = set()
+        self._starting: dict[str, Deferred[Any]] = {}
         self._start_failure: Failure | None = None
 
     # -- service life --------------------------------------------------------------
@@ -659,13 +661,23 @@ class Node(service.MultiService):
             status=Status.IN_PROGRESS,
             attempt=job.attempt + 1,
             run=job.run + 1 if job.attempt == 0 else job.run,
-            make_after=None,
         )
         self._jobs[job.id] = job
         saved = self.storage.save(self.node_name, job)
         saved.addErrback(self._log_failure, "saving job {job_id}", job_id=job.id)
-        self._running[job.id] = saved
-        saved.addCallback(lambda _: self._run(job))
+        # Until the attempt runs, this placeholder holds the slot; a cancel arriving while
+        # the save is under way is honoured when it ends (the save itself is not cut short).
+        self._running[job.id] = self._starting[job.id] = saved
+
+        def saved_then_run(_: Any) -> None:
+            self._starting.pop(job.id, None)
+            if job.id in self._cancelling:
+                self._attempt_done(AttemptOutcome("cancelled", job.args, "success"), job.id, None)
+                return
+            self._run(job)
+
+        saved.addCallback(saved_then_run)
+        saved.addErrback(self._log_failure, "starting job {job_id}", job_id=job.id)
 
     def _run(self, job: Job) -> None:
         definition = self.registry.get(job.name)
@@ -705,10 +717,26 @@ class Node(service.MultiService):
             return job.period
         if job.retry_delay is not None:
             return job.retry_delay
+        default = job.attempt * float(self.config.retry_multiplier)
         if definition is not None and definition.retry_delay is not None:
             delay = definition.retry_delay
-            return float(delay(job.attempt) if callable(delay) else delay)
-        return job.attempt * float(self.config.retry_multiplier)
+            if not callable(delay):
+                return float(delay)
+            try:
+                seconds = float(delay(job.attempt))
+                if not math.isfinite(seconds) or seconds < 0:
+                    raise ValueError(f"it returned {seconds!r}")
+            except Exception:
+                log.failure(
+                    "retry_delay of job {name} failed for attempt {attempt}; "
+                    "using attempt * retry_multiplier = {default} s",
+                    name=job.name,
+                    attempt=job.attempt,
+                    default=default,
+                )
+                return default
+            return seconds
+        return default
 
     def _attempt_done(
         self, outcome: AttemptOutcome, job_id: str, definition: JobDefinition | None
@@ -847,7 +875,8 @@ class Node(service.MultiService):
             running = self._running.get(job_id)
             if running is not None:
                 self._cancelling.add(job_id)
-                running.cancel()  # a thread job's outcome is ignored when its thread ends
+                if job_id not in self._starting:
+                    running.cancel()  # a thread job's outcome is ignored when its thread ends
                 continue
             if job_id in self._ready:
                 self._ready.remove(job_id)

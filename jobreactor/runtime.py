@@ -233,15 +233,27 @@ class JobReactor:
         if target is not None:
             self._call_in_reactor(target.cancel, handle)
 
-    def connect(self, endpoint: str, *, name: str | None = None) -> Deferred[Client]:
+    def connect(
+        self,
+        endpoint: str,
+        *,
+        name: str | None = None,
+        on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Deferred[Client]:
         """Use a standalone distributor (``twistd jr-distributor``) for ``JR.enqueue``.
 
         Call in the reactor thread (``setup`` runs there); fires once the distributor has
         accepted this client. With a stable ``name`` a connection blip loses no outcome, and
         a restarted process receives the outcomes of its predecessor's jobs through
-        ``JR.client.submitter.on_unknown_outcome`` (default: a fresh name per process).
+        ``on_unknown_outcome(report)`` (default: a fresh name per process).
         """
-        client = connect(endpoint, name=name, config=self.config, reactor=self.reactor)
+        client = connect(
+            endpoint,
+            name=name,
+            config=self.config,
+            reactor=self.reactor,
+            on_unknown_outcome=on_unknown_outcome,
+        )
         self.client = client
         self.reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
         return client.when_connected()

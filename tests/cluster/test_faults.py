@@ -196,3 +196,59 @@ def test_job_finished_while_disconnected_is_not_run_again(
     cluster.advance(30)
     assert "worker_2" not in jobs.pending, "not run a second time"
     assert [args["ran_on"] for args in seen] == ["worker_1"]
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["node-returns", "node-gone"])
+def test_cancel_while_the_node_is_away_is_not_lost(
+    cluster: LocalCluster, jobs: Jobs, comes_back: bool
+) -> None:
+    cluster.add_node("worker_1")
+    handle = cluster.distributor.enqueue("slow", {}, node="worker_1")
+    cluster.run()
+    cluster.disconnect("worker_1")
+    handle.cancel()
+    cluster.run()
+    if comes_back:
+        cluster.connect("worker_1")
+        cluster.run()
+        assert jobs.pending["worker_1"][0].called, "the cancel reached the node"
+    else:
+        cluster.add_node("worker_2")
+        cluster.advance(11)
+        assert "worker_2" not in jobs.pending, "not re-routed: it was cancelled"
+    assert handle.done
+    assert cluster.distributor.pending == 0
+
+
+def test_delayed_jobs_due_while_waiting_respect_slots(cluster: LocalCluster, jobs: Jobs) -> None:
+    for _ in range(20):
+        cluster.distributor.enqueue("slow", {}, after=10)
+    cluster.advance(30)
+    cluster.add_node("small", slots=2)
+    cluster.run()
+    assert len(jobs.pending["small"]) == 2
+    assert cluster.distributor.nodes()[0].load == 2
+    assert cluster.distributor.waiting == 18
+
+
+def test_cancel_while_the_attempt_is_being_saved(cluster: LocalCluster, jobs: Jobs) -> None:
+    class SlowStorage(MemoryStorage):
+        saves: list[Deferred[None]] = []
+
+        def save(self, node: str, job: Any) -> Any:
+            if job.status.value != "in progress":
+                return super().save(node, job)
+            waiting: Deferred[None] = Deferred()
+            SlowStorage.saves.append(waiting)
+            return waiting
+
+    cluster.add_node("worker_1", storage=SlowStorage())
+    handle = cluster.distributor.enqueue("slow", {})
+    cluster.run()
+    assert len(SlowStorage.saves) == 1
+    handle.cancel()
+    cluster.run()
+    SlowStorage.saves[0].callback(None)
+    cluster.run()
+    assert "worker_1" not in jobs.pending, "the job never started"
+    assert handle.done

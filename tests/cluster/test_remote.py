@@ -175,3 +175,20 @@ def test_outcomes_kept_for_a_previous_process_reach_on_unknown_outcome(
     )
     cluster.connect_client("app")
     assert [report["args"]["n"] for report in orphans] == [7]
+
+
+def test_cancel_of_a_sent_but_unanswered_job_reaches_the_distributor(
+    cluster: LocalCluster, jobs: Jobs
+) -> None:
+    client = cluster.add_client("app")
+    handle = client.enqueue("slow", {})
+    pump = cluster._pumps["app"]
+    pump.pump()  # the Enqueue box reaches the distributor ...
+    cluster.disconnect("app")  # ... and the link breaks before the answer is read
+    handle.cancel()
+    cluster.run()
+    assert not handle.done, "it may run on a node: only the distributor can cancel it"
+    cluster.connect_client("app")
+    cluster.run()
+    assert jobs.pending and all(waiting.called for waiting in jobs.pending)
+    assert outcome_of(handle).check(JobCancelled)

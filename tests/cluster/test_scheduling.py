@@ -486,3 +486,19 @@ def test_remove_settings_decide_what_stays_in_storage(
         else:
             assert record is not None and record.status == stays
         cluster.stop()
+
+
+def test_a_failing_retry_delay_falls_back_to_the_default(jobs: Jobs) -> None:
+    def broken(attempt: int) -> float:
+        raise ZeroDivisionError("oops")
+
+    jobs.registry.definitions["backoff"].retry_delay = broken
+    cluster = make_cluster(jobs)
+    cluster.add_node("worker_1")
+    errors: list[dict[str, Any]] = []
+    cluster.distributor.enqueue("backoff", {}, error=errors.append)
+    cluster.advance(100)
+    # attempt * retry_multiplier: 5, then 10, then 15 s
+    assert times(jobs, "backoff") == [0.0, 5.0, 15.0, 30.0]
+    assert len(errors) == 1
+    cluster.stop()
