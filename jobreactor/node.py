@@ -765,6 +765,13 @@ class Node(service.MultiService):
                 outcome.args,
             )
         elif outcome.kind == "cancelled":
+            log.info(
+                "job {job_id} ({job_name}) cancelled itself on node {node} (attempt {attempt})",
+                job_id=job.id,
+                job_name=job.name,
+                node=self.name,
+                attempt=job.attempt,
+            )
             self._end(attrs.evolve(job, status=Status.CANCELLED), outcome.feedback, outcome.args)
         else:
             failed = attrs.evolve(
@@ -774,12 +781,34 @@ class Node(service.MultiService):
             limit = limit or self.config.max_attempt
             if definition is not None and job.attempt < limit:
                 delay = self._retry_delay(job, definition)
+                log.warn(
+                    "job {job_id} ({job_name}) attempt {attempt} of {max_attempt} failed on "
+                    "node {node}: {error_type}: {error}; retry in {delay:g} s",
+                    job_id=job.id,
+                    job_name=job.name,
+                    node=self.name,
+                    attempt=job.attempt,
+                    max_attempt=limit,
+                    error_type=outcome.error_type,
+                    error=outcome.error,
+                    delay=delay,
+                )
                 retry = attrs.evolve(
                     failed, status=Status.ERROR, run_at=now + delay, make_after=delay
                 )
                 self._keep(retry)
                 self._report(retry, None, final=False, args=outcome.args)
             else:
+                log.error(
+                    "job {job_id} ({job_name}) failed for good on node {node} after attempt "
+                    "{attempt}: {error_type}: {error}",
+                    job_id=job.id,
+                    job_name=job.name,
+                    node=self.name,
+                    attempt=job.attempt,
+                    error_type=outcome.error_type,
+                    error=outcome.error,
+                )
                 self._end(
                     attrs.evolve(failed, status=Status.FAILED),
                     "error",

@@ -9,7 +9,7 @@ from twisted.python import usage
 
 from jobreactor.distributor import Distributor
 from jobreactor.logging import WithLogObserver
-from jobreactor.tap_options import DaemonOptions, as_text
+from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_text
 
 DEFAULT_LISTEN = "tcp:5000:interface=127.0.0.1"
 
@@ -67,6 +67,6 @@ def check_server_endpoint(description: str, source: str) -> None:
 
 
 def makeService(options: Options) -> service.IService:
-    distributor = Distributor(options["listen"], config=options["config_object"])
+    distributor = ExitsCleanly(Distributor(options["listen"], config=options["config_object"]))
     observer = options.observer_for_twistd()
     return distributor if observer is None else WithLogObserver(distributor, observer)

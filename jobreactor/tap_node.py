@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any, ClassVar
 
 from twisted.application import service
-from twisted.internet import defer
-from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from jobreactor.definitions import load_jobs_directory
@@ -15,7 +12,7 @@ from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
 from jobreactor.node import Node, endpoint_description
 from jobreactor.storage import open_storage
-from jobreactor.tap_options import DaemonOptions, as_positive_int, as_text
+from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_positive_int, as_text
 
 
 class Options(DaemonOptions):
@@ -145,30 +142,12 @@ def check_client_endpoints(addresses: list[str], source: str) -> None:
             ) from None
 
 
-class DaemonNode(service.MultiService):
-    """The node as twistd runs it: a SIGTERM that ends in a completed drain exits 0.
-
-    twistd re-raises the signal that stopped the reactor so the exit status says "killed";
-    for a node that handed back its jobs and delivered its reports, stopping was the normal,
-    successful end, and supervisors should see it as one.
-    """
+class DaemonNode(ExitsCleanly):
+    """The node as twistd runs it: a SIGTERM that ends in a completed drain exits 0."""
 
     def __init__(self, node: Node) -> None:
-        super().__init__()
+        super().__init__(node)
         self.node = node
-        node.setServiceParent(self)
-
-    def stopService(self) -> Deferred[None]:
-        stopped: Deferred[None] = defer.maybeDeferred(super().stopService)
-
-        def drained(result: Any) -> Any:
-            from twisted.internet import reactor
-
-            if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-                reactor._exitSignal = None  # type: ignore[attr-defined]
-            return result
-
-        return stopped.addCallback(drained)
 
 
 def makeService(options: Options) -> service.IService:

@@ -10,11 +10,15 @@ twistd prints one line and exits non-zero instead of a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from jobreactor.config import Config
@@ -273,3 +277,29 @@ class DaemonOptions(usage.Options):
         ):
             return None
         return twistd_observer(parent)
+
+
+class ExitsCleanly(service.MultiService):
+    """Runs ``child``; a SIGTERM or SIGINT that ends in a completed ``stopService`` exits 0.
+
+    twistd re-raises the signal that stopped the reactor so the exit status says "killed";
+    for a node that handed back its jobs and delivered its reports, or a distributor that
+    let its sent jobs land, stopping was the normal, successful end, and supervisors
+    (systemd, Kubernetes) should see it as one.
+    """
+
+    def __init__(self, child: service.IService) -> None:
+        super().__init__()
+        child.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = defer.maybeDeferred(super().stopService)
+
+        def done(result: Any) -> Any:
+            from twisted.internet import reactor
+
+            if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+                reactor._exitSignal = None  # type: ignore[attr-defined]
+            return result
+
+        return stopped.addCallback(done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 from typing import Any
@@ -168,3 +169,20 @@ async def test_jobs_of_a_killed_node_run_on_another_after_the_grace_period(
     outcomes = await bounded(defer.DeferredList([h.deferred for h in handles], consumeErrors=True))
     assert all(not ok for ok, _ in outcomes)
     assert survivor.poll() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_log_lines_carry_job_id_name_node_and_attempt(
+    distributor: Distributor, nodes: NodeProcesses
+) -> None:
+    nodes.start("logged", port_of(distributor), "--log-format", "json")
+    await bounded(distributor.when_nodes(names=["logged"]))
+    handle = distributor.enqueue("failing", {"n": 3})
+    with pytest.raises(JobFailed):
+        await bounded(handle.deferred)
+    await deferLater(reactor, 0.5, lambda: None)  # the log line is written
+    events = [json.loads(line) for line in nodes.log("logged").splitlines() if line.strip()]
+    about_job = [event for event in events if event.get("job_id") == handle.id]
+    assert {event.get("attempt") for event in about_job} == {1, 2}
+    for event in about_job:
+        assert event["job_name"] == "failing" and event["node"] == "logged"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 from collections import Counter
@@ -12,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from jobreactor import Client, JobFailed, connect
 
@@ -39,6 +41,15 @@ def standalone(tmp_path: Path) -> Any:
     process.wait(10)
 
 
+async def joined(nodes: NodeProcesses, *names: str) -> None:
+    """Wait (bounded) until each named node's log says it joined the distributor."""
+    for _ in range(300):
+        if all("joined distributor" in nodes.log(name) for name in names):
+            return
+        await deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"nodes {names} did not join within 30 s")
+
+
 async def started_client(port: int, name: str | None = None) -> Client:
     client = connect(f"tcp:host=127.0.0.1:port={port}", name=name)
     await bounded(client.when_connected())
@@ -52,6 +63,7 @@ async def test_client_enqueues_through_a_standalone_distributor(
     port, _ = standalone
     nodes.start("worker_1", port)
     nodes.start("worker_2", port)
+    await joined(nodes, "worker_1", "worker_2")
     client = await started_client(port)
     try:
         fired: Counter[int] = Counter()
@@ -133,3 +145,17 @@ async def test_nodes_come_back_to_a_restarted_distributor(
     finally:
         restarted.kill()
         restarted.wait(10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_stops_a_standalone_distributor_with_exit_0(
+    standalone: Any, nodes: NodeProcesses
+) -> None:
+    port, process = standalone
+    nodes.start("worker_1", port)
+    await joined(nodes, "worker_1")
+    client = await started_client(port)
+    assert (await bounded(client.enqueue("my_job", {}).deferred))["result"] == "Yay!"
+    await client.stopService()
+    process.send_signal(signal.SIGTERM)
+    assert await bounded(deferToThread(process.wait, 15)) == 0
