@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from twisted.internet.threads import deferToThread
 
 from jobreactor import Config, Distributor, JobFailed
 
-from .conftest import NodeProcesses, bounded, port_of
+from .conftest import TWISTD, NodeProcesses, bounded, node_env, port_of
 
 
 @pytest_twisted.ensureDeferred
@@ -186,3 +187,34 @@ async def test_json_log_lines_carry_job_id_name_node_and_attempt(
     assert {event.get("attempt") for event in about_job} == {1, 2}
     for event in about_job:
         assert event["job_name"] == "failing" and event["node"] == "logged"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unix_socket_endpoints_on_both_sides(nodes: NodeProcesses, tmp_path: Any) -> None:
+    path = tmp_path / "distributor.sock"
+    distributor = Distributor(f"unix:{path}", reactor=reactor)
+    distributor.startService()
+    try:
+        await bounded(distributor.when_listening())
+        nodes.processes["unix"] = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                f"--logfile={nodes.log_path('unix')}",
+                "jr-node",
+                "--name",
+                "unix",
+                "--jobs",
+                str(nodes.jobs_dir),
+                "--distributor",
+                f"unix:path={path}",
+            ],
+            cwd=tmp_path,
+            env=node_env(),
+        )
+        await bounded(distributor.when_nodes(names=["unix"]))
+        result = await bounded(distributor.enqueue("my_job", {"via": "unix"}).deferred)
+        assert result["result"] == "Yay!"
+    finally:
+        await maybeDeferred(distributor.stopService)
