@@ -28,11 +28,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.config import Config
-from jobreactor.enqueueing import build_job
+from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Report, Status
-from jobreactor.outcomes import Feedback, final_outcome, fire_feedback
+from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
@@ -91,9 +91,7 @@ class Submitter:
         success: Feedback | None,
         error: Feedback | None,
     ) -> JobHandle:
-        for feedback in (success, error):
-            if feedback is not None and not callable(feedback):
-                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        check_feedbacks(success, error)
         job = build_job(
             name, args, options, now=self._clock.seconds(), max_args_bytes=self._max_args_bytes
         )
@@ -180,40 +178,16 @@ class Submitter:
             if submitted is None:
                 continue
             message = str(refusal.get("error", "refused by the distributor"))
-            args = dict(submitted.job.args, error=message, error_type="RejectedByDistributor")
-            report = Report(
-                submitted.job.id,
-                1,
-                Status.FAILED,
-                "error",
-                True,
-                args,
-                message,
-                "RejectedByDistributor",
-            )
-            self._settle(submitted, report)
+            self._settle(submitted, refusal_report(submitted.job, message, "RejectedByDistributor"))
 
     def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
         for submitted in box:
             submitted.acknowledged = False
         if not failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
             log.failure("distributor refused {count} jobs", failure, count=len(box))
+            message = failure.getErrorMessage()
             for submitted in box:
-                message = failure.getErrorMessage()
-                args = dict(submitted.job.args, error=message, error_type="EnqueueFailed")
-                self._settle(
-                    submitted,
-                    Report(
-                        submitted.job.id,
-                        1,
-                        Status.FAILED,
-                        "error",
-                        True,
-                        args,
-                        message,
-                        "EnqueueFailed",
-                    ),
-                )
+                self._settle(submitted, refusal_report(submitted.job, message, "EnqueueFailed"))
 
     def outcomes(self, raw: Any) -> None:
         """Apply ``Outcomes`` from the distributor: fire feedbacks once per run, settle handles."""

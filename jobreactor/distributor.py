@@ -25,11 +25,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.config import Config
-from jobreactor.enqueueing import build_job
+from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, JobCancelled
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Report, Status, encode_args
-from jobreactor.outcomes import final_outcome, fire_feedback
+from jobreactor.outcomes import final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
@@ -358,9 +358,7 @@ class Distributor(service.Service):
         handle: JobHandle | None = None,
     ) -> JobHandle:
         """Queue an already validated job (made by :func:`build_job`)."""
-        for feedback in (success, error):
-            if feedback is not None and not callable(feedback):
-                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        check_feedbacks(success, error)
         if job.id in self._owned:
             raise InvalidJobError(f"job id {job.id} is already queued")
         handle = handle or self.new_handle(job)
@@ -605,20 +603,7 @@ class Distributor(service.Service):
                 retry_elsewhere.append(entry)
                 continue
             message = str(refusal.get("error", "refused by the node"))
-            args = dict(entry.job.args, error=message, error_type="RejectedByNode")
-            self._finish_with_report(
-                entry,
-                Report(
-                    entry.job.id,
-                    entry.job.run + 1,
-                    Status.FAILED,
-                    "error",
-                    True,
-                    args,
-                    message,
-                    "RejectedByNode",
-                ),
-            )
+            self._finish_with_report(entry, refusal_report(entry.job, message, "RejectedByNode"))
         if retry_elsewhere:
             self._rest(link)
             self._requeue(retry_elsewhere)
@@ -635,20 +620,7 @@ class Distributor(service.Service):
             message = (
                 f"{failure.type.__name__ if failure.type else 'Error'}: {failure.getErrorMessage()}"
             )
-            args = dict(entry.job.args, error=message, error_type="DispatchFailed")
-            self._finish_with_report(
-                entry,
-                Report(
-                    entry.job.id,
-                    entry.job.run + 1,
-                    Status.FAILED,
-                    "error",
-                    True,
-                    args,
-                    message,
-                    "DispatchFailed",
-                ),
-            )
+            self._finish_with_report(entry, refusal_report(entry.job, message, "DispatchFailed"))
 
     # -- nodes --------------------------------------------------------------------
 

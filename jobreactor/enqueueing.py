@@ -152,3 +152,10 @@ def build_job(
         enqueued_at=now,
         priority=priority,
     )
+
+
+def check_feedbacks(*feedbacks: Any) -> None:
+    """Refuse a feedback that is not callable, in the caller's thread, before anything is sent."""
+    for feedback in feedbacks:
+        if feedback is not None and not callable(feedback):
+            raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")

@@ -36,7 +36,7 @@ from jobreactor.chain import AttemptOutcome, run_attempt
 from jobreactor.client import Submitter
 from jobreactor.config import Config
 from jobreactor.definitions import JobDefinition, JobRegistry, load_jobs_directory
-from jobreactor.enqueueing import build_job
+from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, NotRunningError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Report, Status
@@ -504,9 +504,7 @@ class Node(service.MultiService):
         if threadable.isInIOThread():
             return link.submitter().enqueue(name, args, options, success, error)
         # a defer=True job: check here, in its thread, then hand over to the reactor
-        for feedback in (success, error):
-            if feedback is not None and not callable(feedback):
-                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        check_feedbacks(success, error)
         job = build_job(
             name,
             args,

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.errors import JobCancelled, JobFailed
-from jobreactor.model import Job, Report
+from jobreactor.model import Job, Report, Status
 
 Feedback = Callable[[dict[str, Any]], Any]
 
@@ -69,3 +69,9 @@ def fire_feedback(
                 name=job.name,
             )
         )
+
+
+def refusal_report(job: Job, message: str, error_type: str) -> Report:
+    """The final report for a job that failed before any node ran it (refused, undeliverable)."""
+    args = dict(job.args, error=message, error_type=error_type)
+    return Report(job.id, job.run + 1, Status.FAILED, "error", True, args, message, error_type)

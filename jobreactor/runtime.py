@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from jobreactor.client import Client, connect
 from jobreactor.config import Config
 from jobreactor.distributor import Distributor, Feedback, NodeInfo
-from jobreactor.enqueueing import build_job
-from jobreactor.errors import InvalidJobError, NotRunningError
+from jobreactor.enqueueing import build_job, check_feedbacks
+from jobreactor.errors import NotRunningError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job
 from jobreactor.node import Node
@@ -204,9 +204,7 @@ class JobReactor:
             raise NotRunningError(
                 "nowhere to enqueue: call JR.start_distributor or JR.connect first"
             )
-        for feedback in (success, error):
-            if feedback is not None and not callable(feedback):
-                raise InvalidJobError(f"a feedback must be callable, not {feedback!r}")
+        check_feedbacks(success, error)
         job = build_job(
             name,
             args,
