@@ -2,6 +2,7 @@
 
 ``jr --storage URL list NODE [--status S]``, ``show NODE ID``, ``destroy NODE ID``,
 ``destroy-all NODE [--yes]`` and ``counts``; ``--json`` prints JSON instead of a table.
+``--storage`` and ``--json`` may come before or after the command.
 The storage URL may also come from the ``JR_STORAGE`` environment variable. Exit status:
 0 done, 1 the storage failed or the job is not there (or destroy-all was not confirmed),
 2 the command line or the storage URL is wrong. Errors are one line on standard error.
@@ -43,18 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Look at and clean the jobs that jobreactor nodes keep in their storage.",
         epilog=f"Storage URLs: {STORAGE_FORMS}.",
     )
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        default=os.environ.get("JR_STORAGE"),
-        help="the storage the nodes use (default: $JR_STORAGE)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON instead of a readable table"
-    )
+    _add_common_options(parser, os.environ.get("JR_STORAGE"), False)
+    # The same options after the command (jr counts --json): SUPPRESS leaves what was given
+    # before the command alone unless the option is given again after it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    listing = commands.add_parser("list", help="list the jobs of a node")
+    listing = commands.add_parser("list", parents=[common], help="list the jobs of a node")
     listing.add_argument("node")
     listing.add_argument(
         "--status",
@@ -64,20 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="only jobs in this status (repeatable): " + ", ".join(s.value for s in Status),
     )
 
-    show = commands.add_parser("show", help="show every field of one job")
+    show = commands.add_parser("show", parents=[common], help="show every field of one job")
     show.add_argument("node")
     show.add_argument("job_id", metavar="ID")
 
-    destroy = commands.add_parser("destroy", help="remove one job from the storage")
+    destroy = commands.add_parser(
+        "destroy", parents=[common], help="remove one job from the storage"
+    )
     destroy.add_argument("node")
     destroy.add_argument("job_id", metavar="ID")
 
-    destroy_all = commands.add_parser("destroy-all", help="remove every job of a node")
+    destroy_all = commands.add_parser(
+        "destroy-all", parents=[common], help="remove every job of a node"
+    )
     destroy_all.add_argument("node")
     destroy_all.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    commands.add_parser("counts", help="how many jobs each node has in each status")
+    commands.add_parser(
+        "counts", parents=[common], help="how many jobs each node has in each status"
+    )
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, storage: Any, json_: Any) -> None:
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        default=storage,
+        help="the storage the nodes use (default: $JR_STORAGE)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=json_,
+        help="print JSON instead of a readable table",
+    )
 
 
 def _status(text: str) -> Status:
@@ -191,11 +209,20 @@ def _confirm(node: str, count: int) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def _iso(seconds: float) -> str | None:
+    """``seconds`` as a UTC time, or None if it is not in years 1 to 9999."""
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _when(seconds: float | None) -> str:
+    """A time for the table: UTC, or the POSIX seconds themselves if no date can show it."""
     if seconds is None:
         return "-"
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _iso(seconds) or repr(seconds)
 
 
 def _row(job: Job) -> list[str]:
@@ -227,7 +254,8 @@ def _print_job(job: Job, out: TextIO) -> None:
         if value is None:
             text = "-"
         elif field in TIME_FIELDS:
-            text = f"{_when(value)} ({value!r})"
+            moment = _iso(value)
+            text = repr(value) if moment is None else f"{moment} ({value!r})"
         elif isinstance(value, str):
             text = value
         else:

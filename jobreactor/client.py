@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString
@@ -41,10 +41,15 @@ from jobreactor.protocol import (
     Hello,
     JobReactorAMP,
     Outcomes,
+    close_after_refusal,
     in_boxes,
+    retry_policy,
 )
 
 log = Logger()
+
+#: Failures that mean "the connection went away", not "the distributor said no".
+LINK_LOST = (internet_error.ConnectionClosed, internet_error.ConnectionLost)
 
 
 @attrs.define(eq=False)
@@ -129,9 +134,16 @@ class Submitter:
         try:
             asked: Deferred[Any] = self.protocol.callRemote(CancelJobs, job_ids=job_ids)
         except Exception:
-            log.failure("cancelling jobs {job_ids}", job_ids=job_ids)
+            self._cancel_later.update(job_ids)  # the connection is closing: ask again later
             return
-        asked.addErrback(lambda failure: log.failure("cancelling job", failure))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(*LINK_LOST):
+                self._cancel_later.update(job_ids)  # the link went: ask again when it is back
+                return
+            log.failure("cancelling jobs {job_ids}", failure, job_ids=job_ids)
+
+        asked.addErrback(failed)
 
     def connected(self, protocol: JobReactorAMP) -> None:
         self.protocol = protocol
@@ -183,7 +195,7 @@ class Submitter:
     def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
         for submitted in box:
             submitted.acknowledged = False
-        if not failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
+        if not failure.check(*LINK_LOST):
             log.failure("distributor refused {count} jobs", failure, count=len(box))
             message = failure.getErrorMessage()
             for submitted in box:
@@ -291,13 +303,14 @@ class Client(service.Service):
         self._service: ClientService | None = None
         self._waiting_connect: list[Deferred[Client]] = []
         self.distributor_id: str | None = None
+        self._refusals = 0
 
     def startService(self) -> None:
         super().startService()
         self._service = ClientService(
             clientFromString(self._reactor, self.endpoint),
             _ClientFactory(self),
-            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
+            retryPolicy=retry_policy(lambda: self._refusals),
             clock=self._clock,
             prepareConnection=self._hello,
         )
@@ -321,6 +334,7 @@ class Client(service.Service):
         )
 
         def welcomed(answer: dict[str, Any]) -> None:
+            self._refusals = 0
             self.distributor_id = answer["distributor_id"]
             protocol.start_heartbeat(
                 self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
@@ -335,14 +349,18 @@ class Client(service.Service):
             for waiter in waiting:
                 waiter.callback(self)
 
-        def refused(failure: Failure) -> Failure:
+        def refused(failure: Failure) -> None:
+            self._refusals += 1
             log.error(
                 "distributor {endpoint} refused client {name}: {error}",
                 endpoint=self.endpoint,
                 name=self.client_name,
                 error=failure.getErrorMessage(),
             )
-            return failure
+            close_after_refusal(protocol, self._clock)
+            waiting, self._waiting_connect = self._waiting_connect, []
+            for waiter in waiting:  # JR.connect / when_connected learn why at once
+                waiter.errback(failure)
 
         return said.addCallbacks(welcomed, refused)
 

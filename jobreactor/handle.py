@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from jobreactor.errors import JobReactorError
@@ -59,6 +60,11 @@ class JobHandle:
         Raises ``TimeoutError`` when ``timeout`` seconds pass first. Never call this in the
         reactor thread: it would wait for an outcome that thread has to deliver.
         """
+        if threadable.isInIOThread() and not self._done.is_set():
+            raise RuntimeError(
+                f"JobHandle.result() called in the reactor thread for job {self.name!r}: it would "
+                "block the thread that delivers the outcome; use handle.deferred there"
+            )
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.name!r} ({self.id}) did not finish in {timeout} s")
         if isinstance(self._outcome, Failure):

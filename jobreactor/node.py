@@ -12,13 +12,14 @@ import contextvars
 import functools
 import json
 import math
+import threading
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, DeferredList
@@ -26,7 +27,6 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
@@ -51,7 +51,9 @@ from jobreactor.protocol import (
     Leaving,
     Outcomes,
     RunJobs,
+    close_after_refusal,
     in_boxes,
+    retry_policy,
 )
 from jobreactor.storage import IJobStorage, StorageError, open_storage
 
@@ -62,6 +64,11 @@ MAX_REPORT_BYTES = 12 * 1024 * 1024
 
 _current_node: contextvars.ContextVar[Node] = contextvars.ContextVar("jobreactor_node")
 _started_nodes: list[Node] = []
+
+
+def _fire_once(deferred: Deferred[None]) -> None:
+    if not deferred.called:  # it may have been cancelled by a timeout meanwhile
+        deferred.callback(None)
 
 
 def current_node() -> Node:
@@ -175,6 +182,8 @@ class _DistributorLink:
     outbox: list[Report] = attrs.Factory(list)
     flush_call: IDelayedCall | None = None
     in_flight: set[Deferred[Any]] = attrs.Factory(set)
+    #: Hellos refused in a row (a duplicate name, say): slows the reconnecting down.
+    refusals: int = 0
     _submitter: Submitter | None = None
 
     def submitter(self) -> Submitter:
@@ -284,6 +293,10 @@ class Node(service.MultiService):
         self._threadpool = ThreadPool(
             minthreads=0, maxthreads=self.config.thread_pool_size, name=f"jobreactor-{name}"
         )
+        # Daemon threads: a thread job that never ends must not keep a stopped node alive.
+        self._threadpool.threadFactory = functools.partial(  # type: ignore[assignment]
+            threading.Thread, daemon=True
+        )
         self._started: Deferred[Node | None] | None = None
         self._stopping = False
         self._stopped: Deferred[None] | None = None
@@ -331,7 +344,7 @@ class Node(service.MultiService):
             link.service = ClientService(
                 clientFromString(self._reactor, link.endpoint),
                 _NodeProtocolFactory(self, link),
-                retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
+                retryPolicy=retry_policy(functools.partial(getattr, link, "refusals")),
                 clock=self._clock,
                 prepareConnection=functools.partial(self._hello, link),
             )
@@ -429,14 +442,17 @@ class Node(service.MultiService):
         # ThreadPool.stop joins its threads: do it off the reactor thread, and do not wait
         # forever for a thread job that never ends.
         if self._threadpool.working:
-            await self._bounded(
-                [
-                    deferToThreadPool(
-                        self._reactor, self._reactor.getThreadPool(), self._threadpool.stop
-                    )
-                ],
-                config.shutdown_grace_period or 1.0,
-            )
+            # ThreadPool.stop joins its threads; a thread job that never ends would hold it
+            # (and the reactor's own pool, at exit) for ever. Join in a daemon thread of its
+            # own, wait a bounded time, and let process exit drop the daemon threads.
+            joined: Deferred[None] = Deferred()
+
+            def stop_pool() -> None:
+                self._threadpool.stop()
+                self._reactor.callFromThread(_fire_once, joined)
+
+            threading.Thread(target=stop_pool, name="jobreactor-pool-stop", daemon=True).start()
+            await self._bounded([joined], config.shutdown_grace_period or 1.0)
         else:
             self._threadpool.stop()  # idle threads end at once
         await self.storage.close()
@@ -543,6 +559,7 @@ class Node(service.MultiService):
 
         def welcomed(answer: dict[str, Any]) -> None:
             link.protocol = protocol
+            link.refusals = 0
             if link.distributor_id not in (None, answer["distributor_id"]) and link.outbox:
                 log.warn(
                     "distributor {endpoint} restarted: dropping {count} reports meant for "
@@ -567,14 +584,15 @@ class Node(service.MultiService):
             )
             link.flush()
 
-        def refused(failure: Failure) -> Failure:
+        def refused(failure: Failure) -> None:
+            link.refusals += 1
             log.error(
                 "distributor {endpoint} refused node {node}: {error}",
                 endpoint=link.endpoint,
                 node=self.name,
                 error=failure.getErrorMessage(),
             )
-            return failure
+            close_after_refusal(protocol, self._clock)
 
         return said.addCallbacks(welcomed, refused)
 
@@ -611,7 +629,12 @@ class Node(service.MultiService):
             parked = []
             for job, (ok, result) in zip(fresh, results, strict=True):
                 if not ok:
-                    log.failure("could not store job {job_id}", result, job_id=job.id)
+                    log.warn(
+                        "node {node} could not store job {job_id}, refused it: {error}",
+                        node=self.name,
+                        job_id=job.id,
+                        error=result.getErrorMessage(),
+                    )
                     rejected.append(
                         {"id": job.id, "error": "the node could not store it", "retry": True}
                     )
@@ -770,7 +793,13 @@ class Node(service.MultiService):
                 node=self.name,
                 attempt=job.attempt,
             )
-            self._end(attrs.evolve(job, status=Status.CANCELLED), outcome.feedback, outcome.args)
+            self._end(
+                attrs.evolve(job, status=Status.CANCELLED),
+                outcome.feedback,
+                outcome.args,
+                error=outcome.error,
+                error_type=outcome.error_type,
+            )
         else:
             failed = attrs.evolve(
                 job, failed_at=now, last_error=outcome.error, last_error_type=outcome.error_type

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -140,6 +141,27 @@ class Heartbeat(amp.Command):
     errors = dict(_COMMON_ERRORS)
 
 
+def retry_policy(refusals: Callable[[], int]) -> Callable[[int], float]:
+    """ClientService backoff (0.2 s doubling to 5 s) that also grows with refused Hellos.
+
+    A refused Hello is handled as a connection that worked and then closed (ClientService
+    has no transition for a refused connection closing later, and would log an error), so
+    ClientService's own failure count restarts at 0; ``refusals`` keeps the backoff going.
+    """
+    policy = backoffPolicy(initialDelay=0.2, maxDelay=5.0)
+    return lambda failed: policy(max(failed, refusals()))
+
+
+def close_after_refusal(protocol: amp.AMP, clock: IReactorTime) -> None:
+    """Close a connection whose Hello was refused, once ClientService has taken it."""
+
+    def close() -> None:
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
+
+    clock.callLater(0, close)
+
+
 class JobReactorAMP(amp.AMP):
     """AMP that answers a malformed argument with ``BadMessage`` and keeps the connection,
     and that notices a silent peer.
@@ -164,7 +186,17 @@ class JobReactorAMP(amp.AMP):
     def dataReceived(self, data: bytes) -> None:
         if self._heartbeat_clock is not None:
             self._last_heard = self._heartbeat_clock.seconds()
-        super().dataReceived(data)
+        try:
+            super().dataReceived(data)
+        except Exception as error:
+            # Bytes that are no AMP (a port scanner, a stray client): one line, not a traceback.
+            _log.warn(
+                "closing connection from {peer}: not the jobreactor protocol ({error})",
+                peer=self.transport.getPeer() if self.transport else None,
+                error=repr(error)[:200],
+            )
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
 
     @Heartbeat.responder
     def _answer_heartbeat(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Inside a Twisted application that already runs its reactor, call ``JR.start_dist
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,13 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
@@ -38,6 +46,28 @@ def _listen_description(host_or_endpoint: str, port: int | None) -> str:
     return f"tcp:port={int(port)}:interface={host}"
 
 
+def _check_setup(setup: Any) -> None:
+    if setup is not None and not callable(setup):
+        raise TypeError(
+            f"setup must be a callable run in the reactor thread, e.g. "
+            f"lambda: JR.start_node(...), not {type(setup).__name__} {setup!r:.60}"
+        )
+
+
+def _log_to_stderr(level: LogLevel) -> None:
+    """Start Twisted's logging (to stderr, from ``level`` up) unless the application has.
+
+    Without this, a worker script that cannot reach its distributor or storage says nothing.
+    """
+    if globalLogBeginner._temporaryObserver is None:  # type: ignore[attr-defined]
+        return  # logging was begun already, by the application or twistd
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=level)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 class JobReactor:
     """The process-wide runtime behind :data:`JR`; it holds ``config`` and the started parts."""
 
@@ -48,6 +78,7 @@ class JobReactor:
         self._ready = threading.Event()
         self._setup_failure: Failure | None = None
         self._stop_on_failure = False
+        self._ran = False
         self.distributor: Distributor | None = None
         self.client: Client | None = None
         self.nodes_started: list[Node] = []
@@ -68,8 +99,11 @@ class JobReactor:
         Returns at once; ``wait_ready`` blocks until ``setup`` (and any Deferred it returned)
         has finished. The reactor is stopped at interpreter exit.
         """
+        _check_setup(setup)
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("JR.run was already called: the reactor runs in its thread")
+        _log_to_stderr(LogLevel.warn)
+        self._ran = True
         self._ready.clear()
         self.reactor.callWhenRunning(self._setup, setup)
         self._thread = threading.Thread(
@@ -87,6 +121,9 @@ class JobReactor:
         If ``setup`` fails (a broken jobs file, a port in use), the reactor stops and its
         error is raised here, so a worker script exits instead of idling.
         """
+        _check_setup(setup)
+        _log_to_stderr(LogLevel.warn)
+        self._ran = True
         self._ready.clear()
         self._setup_failure = None
         self._stop_on_failure = True
@@ -119,6 +156,8 @@ class JobReactor:
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until ``setup`` has finished; raise its error, or ``TimeoutError``."""
+        if not self._ran:
+            raise NotRunningError("nothing to wait for: call JR.run(setup) first")
         if not self._ready.wait(timeout):
             raise TimeoutError(f"JobReactor was not ready within {timeout} s")
         if self._setup_failure is not None:
@@ -151,8 +190,14 @@ class JobReactor:
         )
         distributor.startService()
         self.distributor = distributor
+
+        def cannot_listen(failure: Failure) -> Failure:
+            if self.distributor is distributor:
+                self.distributor = None  # enqueue says so, instead of queueing for nobody
+            return failure
+
         self.reactor.addSystemEventTrigger("before", "shutdown", distributor.stopService)
-        return distributor.when_listening()
+        return distributor.when_listening().addErrback(cannot_listen)
 
     def start_node(
         self,

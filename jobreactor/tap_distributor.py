@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, ClassVar
 
 from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from jobreactor.distributor import Distributor
 from jobreactor.logging import WithLogObserver
@@ -66,7 +70,37 @@ def check_server_endpoint(description: str, source: str) -> None:
         ) from None
 
 
+log = Logger()
+
+
+class DaemonDistributor(ExitsCleanly):
+    """The distributor as twistd runs it: a port it cannot listen on ends the process.
+
+    twistd would otherwise keep running with nothing listening, which a supervisor cannot
+    tell from a healthy daemon.
+    """
+
+    def __init__(self, distributor: Distributor) -> None:
+        super().__init__(distributor)
+        self.distributor = distributor
+
+    def startService(self) -> None:
+        super().startService()
+        self.distributor.when_listening().addErrback(self._cannot_listen)
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        from twisted.internet import reactor
+
+        message = f"jr-distributor: cannot listen on {self.distributor.listen}: {failure.value}"
+        log.critical("{message}", message=message)
+        print(message, file=sys.stderr, flush=True)
+        # twistd exits 0 once the reactor stops; a failed start must not look like success.
+        # (this may run before the reactor does: listening starts in startService)
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.callWhenRunning(reactor.stop)
+
+
 def makeService(options: Options) -> service.IService:
-    distributor = ExitsCleanly(Distributor(options["listen"], config=options["config_object"]))
+    distributor = DaemonDistributor(Distributor(options["listen"], config=options["config_object"]))
     observer = options.observer_for_twistd()
     return distributor if observer is None else WithLogObserver(distributor, observer)

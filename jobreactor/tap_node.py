@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from twisted.application import service
@@ -11,7 +12,7 @@ from jobreactor.definitions import load_jobs_directory
 from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
 from jobreactor.node import Node, endpoint_description
-from jobreactor.storage import open_storage
+from jobreactor.storage import SQLiteStorage, open_storage
 from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_positive_int, as_text
 
 
@@ -110,6 +111,12 @@ class Options(DaemonOptions):
             self["storage_object"] = open_storage(self["storage"])
         except (ConfigError, ValueError) as error:
             raise usage.UsageError(f"{storage_source}: {error}") from None
+        storage = self["storage_object"]
+        if isinstance(storage, SQLiteStorage) and not os.path.isdir(os.path.dirname(storage.path)):
+            raise usage.UsageError(
+                f"{storage_source}: no directory {os.path.dirname(storage.path)!r} "
+                f"for the SQLite file {storage.path!r}"
+            )
         self["config_object"] = config
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from jobreactor import JR, JobFailed
 
@@ -90,13 +91,15 @@ async def main() -> None:
                 say(f"{handle.name}: {outcome.getErrorMessage()}")
     finally:
         for process in nodes:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)  # a graceful stop: they say goodbye first
         for process in nodes:
             try:
-                process.wait(timeout=10)
+                # waited for in a thread: the reactor must keep answering the nodes meanwhile
+                code: int | str = await deferToThread(process.wait, 15)
             except subprocess.TimeoutExpired:
                 process.kill()
-        say("nodes stopped")
+                code = "killed after 15 s"
+            say(f"node pid {process.pid} stopped: exit code {code}")
 
 
 def setup() -> defer.Deferred[None]:

@@ -20,6 +20,8 @@ one, commands are pipelined in the order they were issued. Every operation is bo
 ``timeout`` seconds (and a quarter), whether Redis is slow, unreachable or being reconnected
 to: a ``save`` that cannot happen fails with :class:`StorageError` instead of waiting forever
 (txredisapi's ``replyTimeout`` alone does not cover a command waiting for a connection).
+``open()`` fails at once, without waiting for ``timeout``, when its first connection attempt
+is refused (nothing listens on the port) or the host name does not resolve.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import attrs
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -151,6 +155,8 @@ class RedisStorage:
     _redis: Any = attrs.field(default=None, init=False)
     #: Why the pool gave up connecting (a refused password, a bad db), for error messages.
     _connect_error: str | None = attrs.field(default=None, init=False)
+    #: Why the first connection attempt of ``open()`` failed (nothing listens, unknown host).
+    _unreachable: str | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.keys = RedisKeys(self.prefix)
@@ -200,7 +206,14 @@ class RedisStorage:
         def failed(failure: Failure) -> Deferred[None]:
             return self.close().addCallback(lambda _: failure)  # type: ignore[return-value]
 
+        self._unreachable = None
         pinged = self._call("connecting", lambda redis: redis.ping())
+        # The pool retries a failed connection attempt silently, so the ping above would wait
+        # its whole timeout for a port where nothing listens: the first attempt's failure
+        # ends it at once instead. (A node whose open() fails tries again; see Node._start.)
+        for slot in getattr(self._redis._factory, "slots", ()):
+            first = slot.service.whenConnected(failAfterFailures=1)
+            first.addErrback(self._first_attempt_failed, pinged)
         return pinged.addCallbacks(lambda _: None, failed)
 
     def save(self, node: str, job: Job) -> Deferred[None]:
@@ -262,6 +275,26 @@ class RedisStorage:
     def _gave_up(self, failure: Failure) -> None:
         self._connect_error = failure.getErrorMessage()
 
+    def _first_attempt_failed(self, failure: Failure, pinged: Deferred[Any]) -> None:
+        # A connect timeout is reported as such by the ping's own timeout; CancelledError
+        # means the pool was closed.
+        if not failure.check(ConnectError, DNSLookupError) or failure.check(ConnectTimeoutError):
+            return
+        if failure.check(ConnectionRefusedError):
+            reason = "connection refused"
+        else:
+            reason = failure.getErrorMessage()
+
+        def give_up() -> None:
+            if not pinged.called:
+                self._unreachable = reason
+                pinged.cancel()
+
+        # Not at once: this runs inside a state change of the pool's ClientService, which
+        # closing the pool (what a failed open() does) would re-enter.
+        assert self.reactor is not None
+        self.reactor.callLater(0, give_up)
+
     def _call(self, doing: str, command: Any) -> Deferred[Any]:
         """Run ``command(pool)`` within ``timeout``, turning every failure into StorageError."""
         if self._redis is None:
@@ -277,7 +310,9 @@ class RedisStorage:
     def _explain(self, failure: Failure, doing: str) -> Failure:
         if failure.check(StorageError):
             return failure
-        if failure.check(defer.TimeoutError, txredisapi.TimeoutError):
+        if failure.check(defer.CancelledError) and self._unreachable is not None:
+            reason = self._unreachable
+        elif failure.check(defer.TimeoutError, txredisapi.TimeoutError):
             reason = f"no answer within {self.timeout:g} s"
         else:
             reason = failure.getErrorMessage() or type(failure.value).__name__

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jobreactor.errors import ConfigError
 from jobreactor.model import Job, Status
 from jobreactor.storage.base import IJobStorage, StorageError
 
@@ -86,6 +87,10 @@ class SQLiteStorage:
         if self._pool is not None:
             return succeed(None)
         if self.create:
+            folder = Path(self.path).parent
+            if not folder.is_dir():
+                # a mistake, not an outage: nothing to wait for
+                return _fail(ConfigError(f"SQLite storage {self.path}: no directory {folder}"))
             database, uri = self.path, False
         else:
             if not Path(self.path).is_file():

@@ -316,6 +316,7 @@ def test_cancel_job_in_errback_ends_it_with_error_feedback(
     assert isinstance(failure, Failure) and failure.check(JobFailed)
     error: Any = failure.value
     assert error.status == Status.CANCELLED
+    assert (error.error, error.error_type) == ("first", "ValueError")
 
 
 # -- retries ------------------------------------------------------------------------------

@@ -143,3 +143,16 @@ async def test_broken_link_keeps_outcomes_until_the_node_is_back(
     finally:
         await proxy.port.stopListening()
         proxy.cut()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_is_bounded_even_with_a_thread_job_that_does_not_end(
+    distributor: Distributor, nodes: NodeProcesses
+) -> None:
+    node = nodes.start("stuck", port_of(distributor), "--setting", "shutdown_grace_period=1")
+    await bounded(distributor.when_nodes(names=["stuck"]))
+    distributor.enqueue("blocking", {"seconds": 60}, defer=True)
+    await until(lambda: distributor.nodes()[0].holding == 1)
+    await deferLater(reactor, 0.3, lambda: None)
+    node.send_signal(signal.SIGTERM)
+    assert await bounded(deferToThread(node.wait, 20)) == 0, "exits although the thread runs on"

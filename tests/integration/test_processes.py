@@ -138,6 +138,9 @@ async def test_second_node_with_a_connected_name_is_refused(
             break
         await deferLater(reactor, 0.1, lambda: None)
     assert "a node named 'twin' is already connected" in nodes.log("twin")
+    await deferLater(reactor, 1.5, lambda: None)  # a second refused attempt, with backoff
+    log = nodes.log("twin")
+    assert "Unhandled" not in log and "Traceback" not in log, "a refusal is one log line"
     assert [info.name for info in distributor.nodes()] == ["twin"]
     result = await bounded(distributor.enqueue("my_job", {}).deferred)
     assert result["result"] == "Yay!"

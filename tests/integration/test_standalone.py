@@ -159,3 +159,41 @@ async def test_sigterm_stops_a_standalone_distributor_with_exit_0(
     await client.stopService()
     process.send_signal(signal.SIGTERM)
     assert await bounded(deferToThread(process.wait, 15)) == 0
+
+
+def test_a_taken_port_stops_the_standalone_distributor_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        finished = subprocess.run(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "jr-distributor",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            cwd=tmp_path,
+            env=node_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert finished.returncode == 1
+    assert f"jr-distributor: cannot listen on tcp:{port}" in finished.stderr + finished.stdout
+    assert "Traceback" not in finished.stderr + finished.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_with_a_taken_name_learns_why(standalone: Any) -> None:
+    port, _ = standalone
+    first = await started_client(port, name="only-one")
+    second = connect(f"tcp:host=127.0.0.1:port={port}", name="only-one")
+    try:
+        with pytest.raises(Exception, match="already connected"):
+            await bounded(second.when_connected(), 10)
+    finally:
+        await second.stopService()
+        await first.stopService()
