@@ -309,6 +309,6 @@ async def test_sqlite_without_create_refuses_a_missing_file(tmp_path: Path) -> N
 @pytest_twisted.ensureDeferred
 async def test_sqlite_in_a_missing_directory_fails_clearly(tmp_path: Path) -> None:
     storage = SQLiteStorage(str(tmp_path / "no" / "such" / "jobs.db"))
-    with pytest.raises(StorageError, match="opening: unable to open database file"):
+    with pytest.raises(ConfigError, match="no directory"):
         await wait(storage.open())
     await wait(storage.close())
