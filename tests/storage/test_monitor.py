@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -256,10 +257,69 @@ def test_jr_bad_storage_is_one_line(args: tuple[str, ...], status: int, text: st
 
 
 def test_jr_unreachable_redis_is_one_line() -> None:
+    # Nothing listens on the port: said at once, not after the 20 s timeout.
     started = time.monotonic()
-    done = run_jr("--storage", f"redis://127.0.0.1:{free_port()}/0?timeout=1", "counts")
+    done = run_jr("--storage", f"redis://127.0.0.1:{free_port()}/0?timeout=20", "counts")
+    one_line_error(done, 1, "connecting: connection refused")
+    assert time.monotonic() - started < 10
+
+
+def test_jr_silent_redis_is_one_line() -> None:
+    """A server that accepts the connection and never answers: the timeout ends the wait."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        done = run_jr("--storage", f"redis://127.0.0.1:{port}/0?timeout=1", "counts")
     one_line_error(done, 1, "connecting: no answer within 1 s")
     assert time.monotonic() - started < 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_options_go_before_or_after_the_command(filled: Any) -> None:
+    _, jr = filled
+    counts = {"node-1": {"queued": 2, "error": 1}, "node-2": {"failed": 1}}
+    for args in (
+        ("--storage", jr.url, "--json", "counts"),
+        ("--storage", jr.url, "counts", "--json"),
+        ("counts", "--storage", jr.url, "--json"),
+        ("--json", "counts", "--storage", jr.url),
+        # Given on both sides, the one after the command wins.
+        ("--storage", "sqlite:/no/such/jobs.db", "counts", "--storage", jr.url, "--json"),
+    ):
+        done = run_jr(*args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert json.loads(done.stdout) == counts, args
+    listed = run_jr("list", "node-2", "--json", "--storage", jr.url, "--status", "failed")
+    assert [job["id"] for job in json.loads(listed.stdout)] == ["f-1"]
+    shown = run_jr("show", "--storage", jr.url, "node-2", "f-1", "--json")
+    assert json.loads(shown.stdout)["id"] == "f-1"
+    destroyed = run_jr("destroy", "node-2", "nope", "--json", "--storage", jr.url)
+    assert destroyed.returncode == 1
+    assert json.loads(destroyed.stdout) == {"node": "node-2", "id": "nope", "destroyed": False}
+    gone = run_jr("destroy-all", "node-2", "--yes", "--json", "--storage", jr.url)
+    assert json.loads(gone.stdout) == {"node": "node-2", "destroyed": 1}
+    done = run_jr("counts", "--json")  # no storage anywhere: a usage error
+    assert done.returncode == 2 and "--storage" in done.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_shows_times_no_date_can_hold(filled: Any) -> None:
+    """``enqueue(after=1e12)`` is valid: such a run_at is shown as the number it is."""
+    storage, jr = filled
+    far = full_job(id="far", status=Status.QUEUED, run_at=time.time() + 1e12)
+    early = full_job(id="early", status=Status.QUEUED, run_at=-1e13)
+    for job in (far, early):
+        await wait(storage.save("node-3", job))
+    done = jr("list", "node-3")
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
+    assert repr(far.run_at) in rows["far"] and repr(early.run_at) in rows["early"]
+
+    done = jr("show", "node-3", "far")
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(None, 1) for line in done.stdout.splitlines())
+    assert fields["run_at"] == repr(far.run_at)
+    assert Job.from_wire(json.loads(jr("--json", "show", "node-3", "far").stdout)) == far
 
 
 def test_jr_usage_errors() -> None:

@@ -100,7 +100,7 @@ async def test_open_fails_in_time_when_nothing_listens(redis_servers: Any) -> No
     storage = server.storage()
     error = await fails_in_time(storage.open())
     assert f"127.0.0.1:{server.port}" in str(error)
-    assert "no answer within 1 s" in str(error)
+    assert "connecting: connection refused" in str(error)  # at once, not after the timeout
     # open() cleaned up after itself: a later call says so instead of waiting.
     with pytest.raises(StorageError, match="not open"):
         await wait(storage.save("node-1", full_job()))
