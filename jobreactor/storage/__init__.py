@@ -24,7 +24,7 @@ __all__ = [
 #: What a ``storage=`` setting may look like, for error messages.
 STORAGE_FORMS = (
     "'memory', 'sqlite:/path/jobs.db', 'sqlite:relative.db', "
-    "'redis://[:password@]host[:port][/db][?prefix=jr&timeout=5]' or 'rediss://...' (TLS)"
+    "'redis://[[user]:password@]host[:port][/db][?prefix=jr&timeout=5]' or 'rediss://...' (TLS)"
 )
 
 
