@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
@@ -447,13 +448,16 @@ class Distributor(service.Service):
         if link is None or not outbox.reports:
             return
         reports, outbox.reports = outbox.reports, []
+        put_back = [0]  # boxes fail in the order they were sent: keep that order
         for box in in_boxes(reports, _report_size):
             sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
 
             def failed(failure: Failure, box: list[Report] = box) -> None:
                 if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
                     kept = self._outboxes.setdefault(origin, _Outbox())
-                    kept.reports[:0] = box  # the peer collects them when it is back
+                    at = put_back[0]
+                    kept.reports[at:at] = box  # the peer collects them when it is back
+                    put_back[0] += len(box)
                     return
                 log.failure(
                     "peer {peer} refused {count} outcomes", failure, peer=origin, count=len(box)
@@ -610,8 +614,8 @@ class Distributor(service.Service):
         self._schedule_dispatch()
 
     def _send_failed(self, failure: Failure, link: _NodeLink, batch: list[_Entry]) -> None:
-        if failure.check(internet_error.ConnectionClosed):
-            return  # _node_lost puts the jobs back
+        if failure.check(internet_error.ConnectionClosed, defer.CancelledError):
+            return  # _node_lost (or a stopping distributor) decides what becomes of them
         log.failure(
             "node {node} could not take {count} jobs", failure, node=link.name, count=len(batch)
         )
@@ -740,8 +744,8 @@ class Distributor(service.Service):
                     self._requeue([entry])
                 continue
             elsewhere = entry.node
-            self._apply(entry, report)
-            if report.final and elsewhere not in (None, link.name):
+            applied = self._apply(entry, report)
+            if applied and report.final and elsewhere not in (None, link.name):
                 self._cancel_on(elsewhere, entry.job.id)  # a late node finished it first
         self._schedule_dispatch()
 
@@ -752,7 +756,8 @@ class Distributor(service.Service):
                 self._log_failure, "cancelling job {job_id}", job_id=job_id
             )
 
-    def _apply(self, entry: _Entry, report: Report) -> None:
+    def _apply(self, entry: _Entry, report: Report) -> bool:
+        """Take ``report`` into account; False if it was a duplicate and changed nothing."""
         if report.feedback is not None:
             if report.run <= entry.last_run:
                 log.info(
@@ -760,7 +765,7 @@ class Distributor(service.Service):
                     run=report.run,
                     job_id=entry.job.id,
                 )
-                return
+                return False
             entry.last_run = report.run
         if report.final:
             entry.job = attrs.evolve(
@@ -781,6 +786,7 @@ class Distributor(service.Service):
             self._finish_with_report(entry, report)
         elif report.feedback is not None:
             self._fire(entry, report)
+        return True
 
     def _finish_with_report(self, entry: _Entry, report: Report) -> None:
         self._finish(entry, report, final_outcome(entry.job, report))

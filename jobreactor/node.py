@@ -206,10 +206,13 @@ class _DistributorLink:
             return
         reports, self.outbox = self.outbox, []
         wire = [_wire_report(report) for report in reports]
+        put_back = [0]  # boxes fail in the order they were sent: keep the reports' order
         for box in in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1]):
-            self._send_box([report for report, _ in box], [data for _, (data, _) in box])
+            self._send_box([report for report, _ in box], [data for _, (data, _) in box], put_back)
 
-    def _send_box(self, reports: list[Report], wire: list[dict[str, Any]]) -> None:
+    def _send_box(
+        self, reports: list[Report], wire: list[dict[str, Any]], put_back: list[int]
+    ) -> None:
         assert self.protocol is not None
         try:
             sent: Deferred[Any] = self.protocol.callRemote(JobsDone, reports=wire)
@@ -226,7 +229,9 @@ class _DistributorLink:
 
         def failed(failure: Failure) -> None:
             if failure.check(internet_error.ConnectionClosed):
-                self.outbox[:0] = reports  # delivered when the link is back
+                at = put_back[0]
+                self.outbox[at:at] = reports  # delivered when the link is back
+                put_back[0] += len(reports)
                 return
             log.failure(
                 "distributor {endpoint} refused {count} reports",
@@ -303,6 +308,10 @@ class Node(service.MultiService):
         self._drained: Deferred[None] | None = None
         self._handing_back: set[str] = set()
         self._starting: dict[str, Deferred[Any]] = {}
+        self._ready_call: IDelayedCall | None = None
+        #: Jobs being stored before RunJobs is answered, and cancels that came meanwhile.
+        self._accepting: set[str] = set()
+        self._cancel_when_accepted: set[str] = set()
         self._start_failure: Failure | None = None
 
     # -- service life --------------------------------------------------------------
@@ -529,7 +538,9 @@ class Node(service.MultiService):
             max_args_bytes=self.config.max_args_bytes,
         )
         handle = JobHandle(
-            job.id, job.name, lambda h: self._reactor.callFromThread(link.submitter().cancel, h)
+            job.id,
+            job.name,
+            lambda h: self._reactor.callFromThread(lambda: link.submitter().cancel(h)),
         )
         self._reactor.callFromThread(lambda: link.submitter().submit(job, success, error, handle))
         return handle
@@ -622,12 +633,14 @@ class Node(service.MultiService):
                 continue
             fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
 
+        self._accepting.update(job.id for job in fresh)
         saves = [self.storage.save(self.node_name, job) for job in fresh]
 
         def stored(results: list[tuple[bool, Any]]) -> dict[str, Any]:
             now = self._clock.seconds()
             parked = []
             for job, (ok, result) in zip(fresh, results, strict=True):
+                self._accepting.discard(job.id)
                 if not ok:
                     log.warn(
                         "node {node} could not store job {job_id}, refused it: {error}",
@@ -643,6 +656,10 @@ class Node(service.MultiService):
                 if job.run_at is not None and job.run_at > now:
                     parked.append(job.id)
                 self._hold(job)
+            cancels = [job_id for job_id in accepted if job_id in self._cancel_when_accepted]
+            if cancels:
+                self._cancel_when_accepted.difference_update(cancels)
+                self._clock.callLater(0, self._cancel, cancels)  # after the answer goes out
             return {"accepted": accepted, "parked": parked, "rejected": rejected}
 
         return DeferredList(saves, consumeErrors=True).addCallback(stored)
@@ -763,9 +780,33 @@ class Node(service.MultiService):
         self, outcome: AttemptOutcome, job_id: str, definition: JobDefinition | None
     ) -> None:
         self._running.pop(job_id, None)
+        self._starting.pop(job_id, None)
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None:  # dropped meanwhile (given to another node): only free its slot
+            self._cancelling.discard(job_id)
+            self._handing_back.discard(job_id)
+            self._after_attempt()
             return
+        self._settle_attempt(job, outcome, definition)
+        self._after_attempt()
+
+    def _after_attempt(self) -> None:
+        # Start what waits for the freed slot on the next turn: starting it here would nest
+        # one call per queued job (a job that ends at once starts the next one inside this
+        # call), and thousands of jobs falling due together would exhaust the stack.
+        if self._ready and self._ready_call is None:
+            self._ready_call = self._clock.callLater(0, self._start_ready_now)
+        if self._drained is not None and not self._running and not self._drained.called:
+            self._drained.callback(None)
+
+    def _start_ready_now(self) -> None:
+        self._ready_call = None
+        self._start_next_ready()
+
+    def _settle_attempt(
+        self, job: Job, outcome: AttemptOutcome, definition: JobDefinition | None
+    ) -> None:
+        job_id = job.id
         now = self._clock.seconds()
         if job_id in self._handing_back:
             self._handing_back.discard(job_id)
@@ -843,9 +884,6 @@ class Node(service.MultiService):
                     error=outcome.error,
                     error_type=outcome.error_type,
                 )
-        self._start_next_ready()
-        if self._drained is not None and not self._running and not self._drained.called:
-            self._drained.callback(None)
 
     def _keep(self, job: Job) -> None:
         if self._stopping:
@@ -926,6 +964,9 @@ class Node(service.MultiService):
         for job_id in job_ids:
             job = self._jobs.get(job_id)
             if job is None:
+                if job_id in self._accepting:  # still being stored: cancel it right after
+                    self._cancel_when_accepted.add(job_id)
+                    cancelled.append(job_id)
                 continue
             cancelled.append(job_id)
             running = self._running.get(job_id)

@@ -252,3 +252,79 @@ def test_cancel_while_the_attempt_is_being_saved(cluster: LocalCluster, jobs: Jo
     cluster.run()
     assert "worker_1" not in jobs.pending, "the job never started"
     assert handle.done
+
+
+def test_hundreds_of_jobs_behind_a_busy_slot_all_run(cluster: LocalCluster, jobs: Jobs) -> None:
+    cluster.add_node("single", slots=1)
+    seen: list[dict[str, Any]] = []
+    cluster.distributor.enqueue("slow", {})
+    cluster.run()
+    for _ in range(500):
+        cluster.distributor.enqueue("where", {}, after=10, success=seen.append)
+    cluster.advance(11)
+    jobs.pending["single"][0].callback(None)  # the slot frees: 500 quick jobs follow
+    cluster.advance(1)
+    assert len(seen) == 500
+    assert cluster.distributor.pending == 0
+
+
+def test_an_attempt_of_a_dropped_job_still_frees_its_slot(
+    cluster: LocalCluster, jobs: Jobs
+) -> None:
+    cluster.add_node("a", slots=1)
+    seen: list[dict[str, Any]] = []
+    cluster.distributor.enqueue("slow", {}, node="a", success=seen.append)
+    cluster.run()
+    cluster.freeze("a")
+    cluster.add_node("b")
+    cluster.advance(20)  # dropped by heartbeat, re-routed to b after the grace period
+    jobs.pending["b"][0].callback(None)
+    cluster.run()
+    cluster.thaw("a")
+    cluster.connect("a")  # told to drop the job it still runs
+    cluster.run()
+    cluster.distributor.enqueue("where", {}, node="a", success=seen.append)
+    cluster.run()
+    jobs.pending["a"][0].callback(None)  # the dropped job's attempt ends
+    cluster.advance(1)
+    assert [args["ran_on"] for args in seen] == ["b", "a"], "the slot was freed"
+
+
+def test_cancel_while_the_node_is_still_storing_the_job(cluster: LocalCluster) -> None:
+    class SlowStorage(MemoryStorage):
+        waiting: list[Deferred[None]] = []
+
+        def save(self, node: str, job: Any) -> Any:
+            if job.status.value != "queued":
+                return super().save(node, job)
+            saved: Deferred[None] = Deferred()
+            SlowStorage.waiting.append(saved)
+            return saved.addCallback(lambda _: super(SlowStorage, self).save(node, job))
+
+    cluster.add_node("slow_disk", storage=SlowStorage())
+    seen: list[dict[str, Any]] = []
+    handle = cluster.distributor.enqueue("where", {}, after=5, success=seen.append)
+    cluster.run()
+    handle.cancel()
+    cluster.run()
+    SlowStorage.waiting[0].callback(None)
+    cluster.advance(10)
+    assert seen == [], "the cancel that came during the save was honoured"
+    assert handle.done
+
+
+def test_a_late_duplicate_final_report_cancels_nothing(cluster: LocalCluster, jobs: Jobs) -> None:
+    cluster.add_node("a")
+    seen: list[dict[str, Any]] = []
+    handle = cluster.distributor.enqueue("slow", {}, node="a", success=seen.append)
+    cluster.run()
+    cluster.disconnect("a")
+    cluster.add_node("b")
+    cluster.advance(11)
+    jobs.pending["b"][0].callback(None)
+    cluster.run()
+    assert handle.done and len(seen) == 1
+    cluster.connect("a")
+    jobs.pending["a"][0].callback(None)
+    cluster.advance(2)
+    assert len(seen) == 1
