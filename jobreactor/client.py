@@ -78,6 +78,8 @@ class Submitter:
         self.protocol: JobReactorAMP | None = None
         self._jobs: dict[str, _Submitted] = {}
         self._send_call: IDelayedCall | None = None
+        #: Jobs to send in the next Enqueue, in enqueue order.
+        self._to_send: dict[str, _Submitted] = {}
         self._cancel_later: set[str] = set()
         #: Called with each report for a job this process does not know: outcomes the
         #: distributor kept for a previous process of the same client name.
@@ -111,7 +113,9 @@ class Submitter:
     ) -> JobHandle:
         handle = handle or JobHandle(job.id, job.name, self.cancel)
         size = len(json.dumps(job.args, separators=(",", ":"))) + 400
-        self._jobs[job.id] = _Submitted(job, handle, success, error, size=size)
+        self._jobs[job.id] = self._to_send[job.id] = _Submitted(
+            job, handle, success, error, size=size
+        )
         self.schedule_send()
         return handle
 
@@ -149,6 +153,7 @@ class Submitter:
         self.protocol = protocol
         for submitted in self._jobs.values():
             submitted.acknowledged = False  # resend: the distributor may never have got it
+        self._to_send = dict(self._jobs)
         self.schedule_send()
         cancels = [job_id for job_id in self._cancel_later if job_id in self._jobs]
         self._cancel_later.clear()
@@ -167,7 +172,8 @@ class Submitter:
         protocol = self.protocol
         if protocol is None:
             return
-        unsent = [s for s in self._jobs.values() if not s.acknowledged]
+        unsent = list(self._to_send.values())
+        self._to_send.clear()
         for box in in_boxes(unsent, lambda submitted: submitted.size):
             for submitted in box:
                 submitted.acknowledged = True  # in flight; a lost connection resets it
@@ -178,6 +184,9 @@ class Submitter:
                 )
             except Exception:
                 log.failure("could not send {count} jobs", count=len(box))
+                for submitted in box:  # sent again with the next batch or after a reconnect
+                    submitted.acknowledged = False
+                    self._to_send[submitted.job.id] = submitted
                 continue
             sent.addCallbacks(self._answered, self._unsent, errbackArgs=(box,))
             sent.addErrback(lambda failure: log.failure("handling an Enqueue answer", failure))
@@ -236,6 +245,7 @@ class Submitter:
 
     def _settle(self, submitted: _Submitted, report: Report) -> None:
         self._jobs.pop(submitted.job.id, None)
+        self._to_send.pop(submitted.job.id, None)
         fire_feedback(submitted.job, report, submitted.success, submitted.error)
         submitted.handle._settle(final_outcome(submitted.job, report))
 

@@ -628,7 +628,7 @@ class Node(service.MultiService):
                 job_id = raw.get("id") if isinstance(raw, dict) else None
                 rejected.append({"id": job_id, "error": str(error), "retry": False})
                 continue
-            if job.id in self._jobs:
+            if job.id in self._jobs or job.id in self._accepting:
                 accepted.append(job.id)  # sent twice (e.g. after a reconnect): already held
                 continue
             fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
