@@ -14,7 +14,7 @@ import json
 import math
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -526,9 +526,8 @@ class Node(service.MultiService):
             if not connected and not self._links:
                 raise NotRunningError(f"node {self.name} dials no distributor")
             link = (connected or list(self._links.values()))[0]
-        if threadable.isInIOThread():
-            return link.submitter().enqueue(name, args, options, success, error)
-        # a defer=True job: check here, in its thread, then hand over to the reactor
+        # Checked here, in the caller's thread (a defer=True job's, maybe); the submitter
+        # is only touched in the reactor thread.
         check_feedbacks(success, error)
         job = build_job(
             name,
@@ -538,12 +537,16 @@ class Node(service.MultiService):
             max_args_bytes=self.config.max_args_bytes,
         )
         handle = JobHandle(
-            job.id,
-            job.name,
-            lambda h: self._reactor.callFromThread(lambda: link.submitter().cancel(h)),
+            job.id, job.name, lambda h: self._in_reactor(lambda: link.submitter().cancel(h))
         )
-        self._reactor.callFromThread(lambda: link.submitter().submit(job, success, error, handle))
+        self._in_reactor(lambda: link.submitter().submit(job, success, error, handle))
         return handle
+
+    def _in_reactor(self, call: Callable[[], Any]) -> None:
+        if threadable.isInIOThread():
+            call()
+        else:
+            self._reactor.callFromThread(call)
 
     def connected_distributors(self) -> list[str]:
         """Endpoints of the distributors this node has a live session with."""
