@@ -8,6 +8,7 @@ jobs and prints which node ran each. ``run.py`` is the other application and sta
 from __future__ import annotations
 
 import sys
+import threading
 from collections import Counter
 
 from jobreactor import JR
@@ -16,8 +17,15 @@ NODES = 3
 JOBS = 9
 
 
+_say_lock = threading.Lock()
+
+
 def say(text: str) -> None:
-    print(text, flush=True)
+    """Print one whole line: run.py prints from two threads, and ``print`` writes the text
+    and its newline separately, so two threads' lines could run into each other."""
+    with _say_lock:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def start(name: str) -> int:
