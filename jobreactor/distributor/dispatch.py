@@ -1,0 +1,204 @@
+# mypy: disable-error-code="misc"
+# (mixin methods take ``self: Distributor``, a subclass of their own class, on purpose)
+"""Dispatch: the waiting lines and routing each job to a node with room.
+
+Jobs wait in one priority-then-FIFO line until a connected node that the job allows has
+room; a pass over the line runs once per reactor turn, however many events asked for it,
+so nothing spins while waiting. Jobs due later wait apart and go to a node early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+
+from jobreactor.distributor.records import (
+    FUTURE_MARGIN,
+    REST_SECONDS,
+    _Entry,
+    _NodeLink,
+    log,
+)
+from jobreactor.errors import JobCancelled
+from jobreactor.model import Job
+from jobreactor.outcomes import refusal_report
+from jobreactor.protocol import (
+    RunJobs,
+    in_boxes,
+)
+from jobreactor.waiting import WaitingLine
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.service import Distributor
+
+
+class Dispatch:
+    """Routing (mixed into :class:`Distributor`)."""
+
+    _dispatch_call: IDelayedCall | None
+
+    def _queue_for(self: Distributor, entry: _Entry) -> WaitingLine[_Entry]:
+        """Jobs due later wait apart: they take no slot, so no slot should hold them up."""
+        run_at = entry.job.run_at
+        if run_at is not None and run_at > self._clock.seconds() + FUTURE_MARGIN:
+            return self._future
+        return self._waiting
+
+    def _schedule_dispatch(self: Distributor) -> None:
+        if self._dispatch_call is None and self.running:
+            self._dispatch_call = self._clock.callLater(0, self._dispatch)
+
+    def _dispatch(self: Distributor) -> None:
+        self._dispatch_call = None
+        batches: dict[str, list[_Entry]] = {}
+        if self._future:
+            # Any node that takes jobs will park these until their time.
+            open_links = {
+                name: link.room
+                for name, link in self._links.items()
+                if link.slots > 0 and not (link.leaving or link.resting)
+            }
+            waiting_longer: list[_Entry] = []
+            due_by = self._clock.seconds() + FUTURE_MARGIN
+            while self._future and open_links:
+                entry = self._future.popleft()
+                if entry.job.run_at is None or entry.job.run_at <= due_by:
+                    self._waiting.append(entry)  # its time came while it waited: needs a slot
+                    continue
+                target = self._choose(entry.job, open_links)
+                if target is None:
+                    waiting_longer.append(entry)
+                    continue
+                batches.setdefault(target, []).append(entry)
+                open_links[target] -= 1  # spread them out
+            self._future.put_back(waiting_longer)
+        rooms = {name: link.room for name, link in self._links.items() if link.room > 0}
+        skipped: list[_Entry] = []
+        while self._waiting and rooms:
+            entry = self._waiting.popleft()
+            target = self._choose(entry.job, rooms)
+            if target is None:
+                skipped.append(entry)
+                continue
+            batches.setdefault(target, []).append(entry)
+            rooms[target] -= 1
+            if rooms[target] == 0:
+                del rooms[target]
+        self._waiting.put_back(skipped)
+        for name, entries in batches.items():
+            self._send(self._links[name], entries)
+
+    def _choose(self: Distributor, job: Job, rooms: dict[str, int]) -> str | None:
+        if job.node is not None:
+            if job.node in rooms and job.allows(job.node):
+                return job.node
+            if self.config.always_use_specified_node:
+                return None
+        best = None
+        for name, room in rooms.items():
+            if job.allows(name) and (best is None or room > rooms[best]):
+                best = name
+        return best
+
+    def _send(self: Distributor, link: _NodeLink, entries: list[_Entry]) -> None:
+        later = self._clock.seconds() + FUTURE_MARGIN
+        for entry in entries:
+            entry.node = link.name
+            if entry.job.run_at is None or entry.job.run_at <= later:
+                link.load.add(entry.job.id)  # it will take one of the node's slots
+        for batch in in_boxes(entries, lambda entry: entry.size):
+            sent = self._call(link, RunJobs, jobs=[entry.job.to_wire() for entry in batch])
+            self._in_flight.add(sent)
+            sent.addBoth(self._landed, sent)
+            sent.addCallbacks(
+                self._sent, self._send_failed, callbackArgs=(link, batch), errbackArgs=(link, batch)
+            )
+            sent.addErrback(self._log_failure, "handling the answer to RunJobs")
+
+    def _call(self: Distributor, link: _NodeLink, command: Any, **arguments: Any) -> Deferred[Any]:
+        try:
+            result: Deferred[Any] = link.protocol.callRemote(command, **arguments)
+        except Exception:  # AMP raises TooLong and friends synchronously
+            return fail()
+        return result
+
+    def _landed(self: Distributor, result: Any, sent: Deferred[Any]) -> Any:
+        self._in_flight.discard(sent)
+        return result
+
+    def _rest(self: Distributor, link: _NodeLink) -> None:
+        if link.resting:
+            return
+        link.resting = True
+
+        def wake() -> None:
+            link.resting = False
+            self._schedule_dispatch()
+
+        self._clock.callLater(REST_SECONDS, wake)
+
+    def _sent(
+        self: Distributor, answer: dict[str, Any], link: _NodeLink, batch: list[_Entry]
+    ) -> None:
+        for job_id in answer.get("parked") or []:
+            link.load.discard(job_id)
+        retry_elsewhere: list[_Entry] = []
+        for refusal in answer.get("rejected") or []:
+            entry = self._owned.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
+            if entry is None:
+                continue
+            link.load.discard(entry.job.id)
+            if refusal.get("retry") and entry.node == link.name:
+                log.warn(
+                    "node {node} could not take job {job_id}: {error}",
+                    node=link.name,
+                    job_id=entry.job.id,
+                    error=refusal.get("error"),
+                )
+                retry_elsewhere.append(entry)
+                continue
+            message = str(refusal.get("error", "refused by the node"))
+            self._finish_with_report(entry, refusal_report(entry.job, message, "RejectedByNode"))
+        if retry_elsewhere:
+            self._rest(link)
+            self._requeue(retry_elsewhere)
+        self._schedule_dispatch()
+
+    def _send_failed(
+        self: Distributor, failure: Failure, link: _NodeLink, batch: list[_Entry]
+    ) -> None:
+        if failure.check(internet_error.ConnectionClosed, defer.CancelledError):
+            return  # _node_lost (or a stopping distributor) decides what becomes of them
+        log.failure(
+            "node {node} could not take {count} jobs", failure, node=link.name, count=len(batch)
+        )
+        for entry in batch:
+            link.load.discard(entry.job.id)
+            message = (
+                f"{failure.type.__name__ if failure.type else 'Error'}: {failure.getErrorMessage()}"
+            )
+            self._finish_with_report(entry, refusal_report(entry.job, message, "DispatchFailed"))
+
+    def _requeue(self: Distributor, entries: Iterable[_Entry]) -> None:
+        """Put jobs back at the head of the queue, in the order they were enqueued."""
+        entries = list(entries)
+        for entry in reversed(entries):
+            entry.node = None
+            if entry.cancel_requested:  # it was to stop anyway: do not send it anywhere
+                self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
+                continue
+            self._queue_for(entry).appendleft(entry)
+        if entries:
+            self._schedule_dispatch()
+
+    def _unqueue(self: Distributor, entry: _Entry) -> None:
+        for queue in (self._waiting, self._future):
+            if entry in queue:
+                queue.remove(entry)
+                return

@@ -1,0 +1,160 @@
+# mypy: disable-error-code="misc"
+# (mixin methods take ``self: Distributor``, a subclass of their own class, on purpose)
+"""Outcomes: nodes' reports turned into feedbacks, handles and outboxes for remote peers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet import error as internet_error
+from twisted.python.failure import Failure
+
+from jobreactor.distributor.records import (
+    _Entry,
+    _NodeLink,
+    _Outbox,
+    _report_size,
+    log,
+)
+from jobreactor.errors import InvalidJobError
+from jobreactor.model import Report, Status
+from jobreactor.outcomes import final_outcome, fire_feedback
+from jobreactor.protocol import (
+    BadMessage,
+    CancelJobs,
+    Outcomes,
+    in_boxes,
+)
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.service import Distributor
+
+
+class OutcomeDesk:
+    """Reports and outboxes (mixed into :class:`Distributor`)."""
+
+    def _reports(self: Distributor, link: _NodeLink, raw: Any) -> None:
+        if not isinstance(raw, list):
+            raise BadMessage("reports must be a list of report objects")
+        try:
+            reports = [Report.from_wire(item) for item in raw]
+        except InvalidJobError as error:
+            raise BadMessage(str(error)) from None
+        for report in reports:
+            link.load.discard(report.job_id)
+            entry = self._owned.get(report.job_id)
+            if entry is None:
+                log.debug("ignoring a report for job {job_id}: not pending", job_id=report.job_id)
+                continue
+            if report.handed_back:
+                if entry.node == link.name:
+                    self._requeue([entry])
+                continue
+            elsewhere = entry.node
+            applied = self._apply(entry, report)
+            if applied and report.final and elsewhere not in (None, link.name):
+                self._cancel_on(elsewhere, entry.job.id)  # a late node finished it first
+        self._schedule_dispatch()
+
+    def _cancel_on(self: Distributor, node: str | None, job_id: str) -> None:
+        link = self._links.get(node or "")
+        if link is not None:
+            self._call(link, CancelJobs, job_ids=[job_id]).addErrback(
+                self._log_failure, "cancelling job {job_id}", job_id=job_id
+            )
+
+    def _apply(self: Distributor, entry: _Entry, report: Report) -> bool:
+        """Take ``report`` into account; False if it was a duplicate and changed nothing."""
+        if report.feedback is not None:
+            if report.run <= entry.last_run:
+                log.info(
+                    "ignoring a duplicate outcome of run {run} of job {job_id}",
+                    run=report.run,
+                    job_id=entry.job.id,
+                )
+                return False
+            entry.last_run = report.run
+        if report.final:
+            entry.job = attrs.evolve(
+                entry.job, status=report.status, run=report.run, args=report.args
+            )
+        else:
+            # The job goes on at its node; keep what a re-route would need. A retry starts
+            # again from the attempt's starting args, a periodic run from the args it left.
+            entry.job = attrs.evolve(
+                entry.job,
+                status=report.status,
+                run=report.run,
+                attempt=report.attempt,
+                run_at=report.run_at,
+                args=report.args if report.feedback == "success" else entry.job.args,
+            )
+        if report.final:
+            self._finish_with_report(entry, report)
+        elif report.feedback is not None:
+            self._fire(entry, report)
+        return True
+
+    def _finish_with_report(self: Distributor, entry: _Entry, report: Report) -> None:
+        self._finish(entry, report, final_outcome(entry.job, report))
+
+    def _finish(self: Distributor, entry: _Entry, report: Report | None, outcome: Any) -> None:
+        self._owned.pop(entry.job.id, None)
+        if entry.node is not None and entry.node in self._links:
+            self._links[entry.node].load.discard(entry.job.id)
+        if entry.origin is not None:
+            if report is None:  # ended here (cancelled while waiting): tell the origin
+                report = Report(
+                    entry.job.id, entry.job.run, Status.CANCELLED, None, True, entry.job.args
+                )
+            self._forward(entry.origin, report)
+        elif report is not None:
+            self._fire(entry, report)
+        entry.handle._settle(outcome)
+
+    def _fire(self: Distributor, entry: _Entry, report: Report) -> None:
+        if entry.origin is not None:
+            self._forward(entry.origin, report)
+        else:
+            fire_feedback(entry.job, report, entry.success, entry.error)
+
+    def _forward(self: Distributor, origin: str, report: Report) -> None:
+        outbox = self._outboxes.setdefault(origin, _Outbox())
+        outbox.reports.append(report)
+        if origin in self._links:
+            self._schedule_outbox(origin, outbox)
+        elif outbox.expiry is None and self.running:
+            outbox.expiry = self._clock.callLater(
+                self.config.outcome_keep_seconds, self._outboxes.pop, origin, None
+            )
+
+    def _schedule_outbox(self: Distributor, origin: str, outbox: _Outbox) -> None:
+        if outbox.flush_call is None and outbox.reports:
+            outbox.flush_call = self._clock.callLater(0, self._flush_outbox, origin)
+
+    def _flush_outbox(self: Distributor, origin: str) -> None:
+        outbox = self._outboxes.get(origin)
+        link = self._links.get(origin)
+        if outbox is None:
+            return
+        outbox.flush_call = None
+        if link is None or not outbox.reports:
+            return
+        reports, outbox.reports = outbox.reports, []
+        put_back = [0]  # boxes fail in the order they were sent: keep that order
+        for box in in_boxes(reports, _report_size):
+            sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
+
+            def failed(failure: Failure, box: list[Report] = box) -> None:
+                if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
+                    kept = self._outboxes.setdefault(origin, _Outbox())
+                    at = put_back[0]
+                    kept.reports[at:at] = box  # the peer collects them when it is back
+                    put_back[0] += len(box)
+                    return
+                log.failure(
+                    "peer {peer} refused {count} outcomes", failure, peer=origin, count=len(box)
+                )
+
+            sent.addErrback(failed)

@@ -1,0 +1,102 @@
+"""The records the distributor keeps about jobs, nodes and outboxes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jobreactor.handle import JobHandle
+from jobreactor.model import Job, Report
+
+Feedback = Callable[[dict[str, Any]], Any]
+
+#: Seconds ``stopService`` waits for nodes to answer the jobs already sent to them.
+STOP_WAIT = 5.0
+#: A job due more than this many seconds ahead is sent to a node at once, to wait there.
+FUTURE_MARGIN = 1.0
+#: Seconds a node that refused jobs for its own trouble gets none.
+REST_SECONDS = 1.0
+
+log = Logger()
+
+if TYPE_CHECKING:
+    from jobreactor.distributor.sessions import DistributorProtocol
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """A job the distributor owns, with the application's feedbacks and handle."""
+
+    job: Job
+    handle: JobHandle
+    success: Feedback | None
+    error: Feedback | None
+    #: The node holding the job, or None while it waits here.
+    node: str | None = None
+    #: The last run whose feedback fired: a report for it again is a duplicate.
+    last_run: int = 0
+    #: Bytes of the job's JSON form, roughly: what it costs in a RunJobs box.
+    size: int = 0
+    #: The name of the remote peer that enqueued the job: its reports go back there.
+    origin: str | None = None
+    #: The application asked to cancel it while it was on a node.
+    cancel_requested: bool = False
+
+
+@attrs.frozen
+class NodeInfo:
+    """A connected node as the distributor sees it."""
+
+    name: str
+    slots: int
+    #: Jobs sent to the node that it has not yet started waiting on or finished.
+    load: int
+    #: All unfinished jobs this distributor placed on the node.
+    holding: int
+    address: str
+
+
+@attrs.define(eq=False)
+class _NodeLink:
+    name: str
+    slots: int
+    protocol: DistributorProtocol
+    load: set[str] = attrs.Factory(set)
+    #: The node said it is stopping: it gets no more jobs.
+    leaving: bool = False
+    #: The node refused jobs for its own trouble (storage down): rest it a moment.
+    resting: bool = False
+
+    @property
+    def room(self) -> int:
+        if self.leaving or self.resting:
+            return 0
+        return self.slots - len(self.load)
+
+
+@attrs.define(eq=False)
+class _Outbox:
+    """Reports for one remote peer, sent together; kept while the peer is away."""
+
+    reports: list[Report] = attrs.Factory(list)
+    flush_call: IDelayedCall | None = None
+    expiry: IDelayedCall | None = None
+
+
+def _priority(entry: _Entry) -> int:
+    return entry.job.priority
+
+
+def _report_size(report: Report) -> int:
+    return len(json.dumps(report.args, separators=(",", ":"), default=repr)) + 400
+
+
+def log_failure(failure: Failure, /, what: str, **fields: Any) -> None:
+    """An errback that logs: the distributor never lets a failure pass silently."""
+    log.failure("failure " + what, failure, **fields)

@@ -1,0 +1,258 @@
+"""The distributor service: owns every job from ``enqueue`` to its outcome.
+
+The concerns live in their own modules and are mixed in here: sessions (who is
+connected), dispatch (waiting and routing), outcomes (reports, feedbacks, outboxes). A job
+sent to a node stays owned here until its final report: if the node is lost, its jobs go
+back to the queue after ``node_grace_period``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from jobreactor.config import Config
+from jobreactor.distributor.dispatch import Dispatch
+from jobreactor.distributor.outcomes import OutcomeDesk
+from jobreactor.distributor.records import (
+    STOP_WAIT,
+    Feedback,
+    NodeInfo,
+    _Entry,
+    _NodeLink,
+    _Outbox,
+    _priority,
+    log,
+    log_failure,
+)
+from jobreactor.distributor.sessions import DistributorProtocol, Sessions
+from jobreactor.enqueueing import build_job, check_feedbacks
+from jobreactor.errors import InvalidJobError, JobCancelled
+from jobreactor.handle import JobHandle
+from jobreactor.model import Job, Status, encode_args
+from jobreactor.protocol import (
+    BadMessage,
+)
+from jobreactor.waiting import WaitingLine
+
+
+class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
+    """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
+
+    ``listen=None`` opens no port: nodes are then joined in memory (see
+    :mod:`jobreactor.testing`).
+
+    Call its methods in the reactor thread; :data:`jobreactor.JR` does the thread hop for
+    applications that run the reactor in a background thread. Feedbacks run in the reactor
+    thread too.
+    """
+
+    def __init__(
+        self,
+        listen: str | None,
+        *,
+        config: Config | None = None,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.listen = listen
+        self.config = config if config is not None else Config()
+        self.id = str(uuid.uuid4())
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._owned: dict[str, _Entry] = {}
+        self._waiting: WaitingLine[_Entry] = WaitingLine(_priority)
+        self._future: WaitingLine[_Entry] = WaitingLine(_priority)
+        self._links: dict[str, _NodeLink] = {}
+        self._grace_timers: dict[str, IDelayedCall] = {}
+        self._dispatch_call: IDelayedCall | None = None
+        self._in_flight: set[Deferred[Any]] = set()
+        self._outboxes: dict[str, _Outbox] = {}
+        self._port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+        self._node_waiters: list[tuple[tuple[int, frozenset[str]], Deferred[list[NodeInfo]]]] = []
+
+    # -- service life --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.listen is None:
+            self._listening = succeed(None)  # type: ignore[arg-type]
+            return
+        endpoint = serverFromString(self._reactor, self.listen)
+        factory = Factory.forProtocol(lambda: DistributorProtocol(self))
+        self._listening = endpoint.listen(factory)
+        self._listening.addCallback(self._listened)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self._port = port
+        log.info("distributor {id} listening on {address}", id=self.id, address=port.getHost())
+        return port
+
+    def when_listening(self) -> Deferred[Distributor]:
+        """Fire with this distributor once its port is open (or fail if it cannot be)."""
+        if self._listening is None:
+            raise RuntimeError("start the distributor service first")
+        done: Deferred[Distributor] = Deferred()
+
+        def listened(port: IListeningPort) -> IListeningPort:
+            done.callback(self)
+            return port
+
+        def failed(failure: Failure) -> None:
+            done.errback(failure)
+
+        self._listening.addCallbacks(listened, failed)
+        return done
+
+    @property
+    def address(self) -> Any:
+        """The listening address (``.host``, ``.port``), once listening."""
+        return self._port.getHost() if self._port is not None else None
+
+    def stopService(self) -> Deferred[None]:
+        """Stop taking nodes and sending jobs; wait (at most ``STOP_WAIT`` s) for the
+        ``RunJobs`` boxes already sent to be answered, then close every connection."""
+        super().stopService()
+        for timer in [self._dispatch_call, *self._grace_timers.values()]:
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._grace_timers.clear()
+        self._dispatch_call = None
+        stopped: Deferred[Any] = succeed(None)
+        if self._port is not None:
+            stopped = maybeDeferred(self._port.stopListening)
+            self._port = None
+        answered = DeferredList(list(self._in_flight), consumeErrors=True)
+        answered.addTimeout(STOP_WAIT, self._clock)
+
+        def close(_: Any) -> Deferred[Any]:
+            for link in list(self._links.values()):
+                if link.protocol.transport is not None:
+                    link.protocol.transport.loseConnection()
+            return stopped
+
+        return answered.addBoth(close).addCallback(lambda _: None)
+
+    # -- the application's side --------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        **options: Any,
+    ) -> JobHandle:
+        """Validate and queue a job; return its handle. Reactor thread only.
+
+        ``success(args)`` / ``error(args)`` are the feedbacks, called in the reactor thread
+        with the args as the node left them. Raises :class:`InvalidJobError` at once for a
+        bad name, args or option.
+        """
+        job = build_job(
+            name,
+            args,
+            options,
+            now=self._clock.seconds(),
+            max_args_bytes=self.config.max_args_bytes,
+        )
+        return self.submit(job, success=success, error=error)
+
+    def new_handle(self, job: Job, cancel: Callable[[JobHandle], None] | None = None) -> JobHandle:
+        return JobHandle(job.id, job.name, cancel or self.cancel)
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        success: Feedback | None = None,
+        error: Feedback | None = None,
+        handle: JobHandle | None = None,
+    ) -> JobHandle:
+        """Queue an already validated job (made by :func:`build_job`)."""
+        check_feedbacks(success, error)
+        if job.id in self._owned:
+            raise InvalidJobError(f"job id {job.id} is already queued")
+        handle = handle or self.new_handle(job)
+        size = len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields
+        entry = _Entry(job=job, handle=handle, success=success, error=error, size=size)
+        self._owned[job.id] = entry
+        self._queue_for(entry).append(entry)
+        self._schedule_dispatch()
+        return handle
+
+    def cancel(self, handle: JobHandle) -> None:
+        """Stop the job of ``handle``: drop it if it waits here, else ask its node."""
+        entry = self._owned.get(handle.id)
+        if entry is None:
+            return
+        if entry.node is None:
+            self._unqueue(entry)
+            self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
+            return
+        entry.cancel_requested = True  # also honoured if the node is away right now
+        self._cancel_on(entry.node, entry.job.id)
+
+    def _remote_enqueue(self, link: _NodeLink, raw_jobs: Any) -> dict[str, Any]:
+        if not isinstance(raw_jobs, list):
+            raise BadMessage("jobs must be a list of job objects")
+        accepted: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        now = self._clock.seconds()
+        for raw in raw_jobs:
+            job_id = raw.get("id") if isinstance(raw, dict) else None
+            try:
+                job = Job.from_wire(raw)
+                encode_args(job.args, self.config.max_args_bytes)
+            except InvalidJobError as error:
+                rejected.append({"id": job_id, "error": str(error)})
+                continue
+            entry = self._owned.get(job.id)
+            if entry is not None:
+                if entry.origin == link.name:
+                    accepted.append(job.id)  # resent after a reconnect: already ours
+                else:
+                    rejected.append({"id": job.id, "error": f"job id {job.id} is taken"})
+                continue
+            job = attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now)
+            self.submit(job)
+            self._owned[job.id].origin = link.name
+            accepted.append(job.id)
+        return {"accepted": accepted, "rejected": rejected}
+
+    def _cancel_ids(self, job_ids: list[str]) -> list[str]:
+        cancelled = []
+        for job_id in job_ids:
+            entry = self._owned.get(job_id)
+            if entry is not None:
+                cancelled.append(job_id)
+                self.cancel(entry.handle)
+        return cancelled
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting here for a node."""
+        return len(self._waiting) + len(self._future)
+
+    @property
+    def pending(self) -> int:
+        """Jobs owned here that have no final outcome yet."""
+        return len(self._owned)
+
+    _log_failure = staticmethod(log_failure)

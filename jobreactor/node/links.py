@@ -1,0 +1,285 @@
+# mypy: disable-error-code="misc"
+# (mixin methods take ``self: Node``, a subclass of their own class, on purpose)
+"""Links: the node's connection to each distributor, its Hello, and the outbox of reports.
+
+Reports go back on the link to the distributor that sent the job; while that link is down
+they wait in its outbox and go out when it is back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application.internet import ClientService
+from twisted.internet import error as internet_error
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jobreactor.client import Submitter
+from jobreactor.model import Job, Report
+from jobreactor.protocol import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    CancelJobs,
+    Hello,
+    JobReactorAMP,
+    JobsDone,
+    Outcomes,
+    RunJobs,
+    close_after_refusal,
+    in_boxes,
+)
+
+log = Logger()
+
+if TYPE_CHECKING:
+    from jobreactor.node.service import Node
+
+
+#: A report bigger than this (args grown by the job) goes back with an error instead.
+MAX_REPORT_BYTES = 12 * 1024 * 1024
+
+
+def endpoint_description(address: str | tuple[str, int]) -> str:
+    """A distributor address as a client endpoint string; ``(host, port)`` means TCP."""
+    if isinstance(address, tuple):
+        host, port = address
+        return f"tcp:host={host}:port={int(port)}"
+    if not isinstance(address, str) or ":" not in address:
+        raise ValueError(
+            f"a distributor address is (host, port) or an endpoint string, not {address!r}"
+        )
+    return address
+
+
+def _wire_report(report: Report) -> tuple[dict[str, Any], int]:
+    """A report's wire form and size; args that cannot travel are replaced by an error."""
+    data = report.to_wire()
+    try:
+        size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as error:
+        data["args"] = {"error": f"the job's args could not be sent: {error}"}
+        data["error"] = data["error"] or data["args"]["error"]
+        size = len(json.dumps(data, separators=(",", ":"), default=repr))
+    if size > MAX_REPORT_BYTES:
+        message = f"the job's final args are {size} bytes, above the {MAX_REPORT_BYTES} limit"
+        data["args"] = {"error": message}
+        data["error"] = data["error"] or message
+        size = len(json.dumps(data, separators=(",", ":"), default=repr))
+    return data, size
+
+
+class _NodeProtocolFactory(Factory):
+    def __init__(self, node: Node, link: _DistributorLink) -> None:
+        self.node = node
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> NodeProtocol:
+        protocol = NodeProtocol(self.node, self.link)
+        protocol.factory = self
+        return protocol
+
+
+class NodeProtocol(JobReactorAMP):
+    """The node's end of one distributor connection."""
+
+    def __init__(self, node: Node, link: _DistributorLink) -> None:
+        super().__init__()
+        self.node = node
+        self.link = link
+
+    @RunJobs.responder
+    def run_jobs(self, jobs: Any) -> Deferred[dict[str, Any]]:
+        return self.node._accept(self.link, jobs)
+
+    @CancelJobs.responder
+    def cancel_jobs(self, job_ids: Any) -> dict[str, Any]:
+        if not isinstance(job_ids, list):
+            raise BadMessage("job_ids must be a list of job ids")
+        return {"cancelled": self.node._cancel([str(job_id) for job_id in job_ids])}
+
+    @Outcomes.responder
+    def outcomes(self, reports: Any) -> dict[str, Any]:
+        self.link.submitter().outcomes(reports)
+        return {}
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self.link.protocol is self:
+            self.link.protocol = None
+            if self.link._submitter is not None:
+                self.link._submitter.disconnected()
+            log.info("lost distributor {endpoint}", endpoint=self.link.endpoint)
+
+
+@attrs.define(eq=False)
+class _DistributorLink:
+    """The node's side of one distributor: its connection and the reports waiting for it."""
+
+    endpoint: str
+    node: Node
+    service: ClientService | None = None
+    #: Set once Hello was answered; None while disconnected.
+    protocol: NodeProtocol | None = None
+    distributor_id: str | None = None
+    outbox: list[Report] = attrs.Factory(list)
+    flush_call: IDelayedCall | None = None
+    in_flight: set[Deferred[Any]] = attrs.Factory(set)
+    #: Hellos refused in a row (a duplicate name, say): slows the reconnecting down.
+    refusals: int = 0
+    _submitter: Submitter | None = None
+
+    def submitter(self) -> Submitter:
+        """The jobs this node enqueued through this distributor (made on first use)."""
+        if self._submitter is None:
+            self._submitter = Submitter(self.node._clock, self.node.config.max_args_bytes)
+            if self.protocol is not None:
+                self._submitter.connected(self.protocol)
+        return self._submitter
+
+    def send(self, report: Report) -> None:
+        self.outbox.append(report)
+        if self.flush_call is None and self.protocol is not None:
+            self.flush_call = self.node._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send the outbox in one ``JobsDone``; on a lost link keep it for the next one."""
+        self.flush_call = None
+        if self.protocol is None or not self.outbox:
+            return
+        reports, self.outbox = self.outbox, []
+        wire = [_wire_report(report) for report in reports]
+        put_back = [0]  # boxes fail in the order they were sent: keep the reports' order
+        for box in in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1]):
+            self._send_box([report for report, _ in box], [data for _, (data, _) in box], put_back)
+
+    def _send_box(
+        self, reports: list[Report], wire: list[dict[str, Any]], put_back: list[int]
+    ) -> None:
+        assert self.protocol is not None
+        try:
+            sent: Deferred[Any] = self.protocol.callRemote(JobsDone, reports=wire)
+        except Exception:
+            log.failure("could not send {count} reports", count=len(reports))
+            return
+        self.in_flight.add(sent)
+
+        def landed(result: Any) -> Any:
+            self.in_flight.discard(sent)
+            return result
+
+        sent.addBoth(landed)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(internet_error.ConnectionClosed):
+                at = put_back[0]
+                self.outbox[at:at] = reports  # delivered when the link is back
+                put_back[0] += len(reports)
+                return
+            log.failure(
+                "distributor {endpoint} refused {count} reports",
+                failure,
+                endpoint=self.endpoint,
+                count=len(reports),
+            )
+
+        sent.addErrback(failed)
+
+
+class Links:
+    """The node's side of its distributor links (mixed into :class:`Node`)."""
+
+    def connected_distributors(self: Node) -> list[str]:
+        """Endpoints of the distributors this node has a live session with."""
+        return [link.endpoint for link in self._links.values() if link.protocol is not None]
+
+    def _hello(self: Node, link: _DistributorLink, protocol: NodeProtocol) -> Deferred[Any]:
+        # Jobs this node holds, and those whose outcome waits in the outbox: the distributor
+        # must not run those again elsewhere; the outcome follows right after Hello.
+        held = [job.id for job in self._jobs.values() if job.distributor == link.endpoint]
+        held += [report.job_id for report in link.outbox if report.job_id not in self._jobs]
+        said: Deferred[Any] = protocol.callRemote(
+            Hello,
+            name=self.name,
+            slots=self.slots,
+            version=PROTOCOL_VERSION,
+            held=held,
+            credentials=None,
+        )
+
+        def welcomed(answer: dict[str, Any]) -> None:
+            link.protocol = protocol
+            link.refusals = 0
+            if link.distributor_id not in (None, answer["distributor_id"]) and link.outbox:
+                log.warn(
+                    "distributor {endpoint} restarted: dropping {count} reports meant for "
+                    "its previous process",
+                    endpoint=link.endpoint,
+                    count=len(link.outbox),
+                )
+                link.outbox.clear()
+            link.distributor_id = answer["distributor_id"]
+            if link._submitter is not None:
+                link._submitter.connected(protocol)
+            protocol.start_heartbeat(
+                self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
+            )
+            for job_id in answer.get("drop") or []:
+                self._forget(str(job_id))
+                self.storage.remove(self.node_name, str(job_id)).addErrback(
+                    self._log_failure, "removing job {job_id}", job_id=job_id
+                )
+            log.info(
+                "node {node} joined distributor {endpoint}", node=self.name, endpoint=link.endpoint
+            )
+            link.flush()
+
+        def refused(failure: Failure) -> None:
+            link.refusals += 1
+            log.error(
+                "distributor {endpoint} refused node {node}: {error}",
+                endpoint=link.endpoint,
+                node=self.name,
+                error=failure.getErrorMessage(),
+            )
+            close_after_refusal(protocol, self._clock)
+
+        return said.addCallbacks(welcomed, refused)
+
+    def _report(
+        self: Node,
+        job: Job,
+        feedback: str | None,
+        *,
+        final: bool,
+        args: dict[str, Any],
+        error: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        report = Report(
+            job.id,
+            job.run,
+            job.status,
+            feedback,
+            final,
+            args,
+            error,
+            error_type,
+            run_at=None if final else job.run_at,
+            attempt=job.attempt,
+        )
+        link = self._links.get(job.distributor or "")
+        if link is None:
+            log.warn(
+                "job {job_id} came from distributor {endpoint}, which this node no longer dials; "
+                "its outcome is dropped",
+                job_id=job.id,
+                endpoint=job.distributor,
+            )
+            return
+        link.send(report)

@@ -1,0 +1,179 @@
+# mypy: disable-error-code="misc"
+# (mixin methods take ``self: Node``, a subclass of their own class, on purpose)
+"""Scheduling: accepting jobs (stored before acknowledged), timers, slots, cancels.
+
+Every wait is a timer on the injected clock (``callLater``); nothing polls.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from jobreactor.errors import InvalidJobError
+from jobreactor.model import Job, Report, Status
+from jobreactor.protocol import (
+    BadMessage,
+)
+
+log = Logger()
+
+if TYPE_CHECKING:
+    from jobreactor.node.links import _DistributorLink
+    from jobreactor.node.service import Node
+
+
+class Scheduling:
+    """Taking, timing and dropping jobs (mixed into :class:`Node`)."""
+
+    _ready_call: IDelayedCall | None
+
+    def _accept(self: Node, link: _DistributorLink, raw_jobs: Any) -> Deferred[dict[str, Any]]:
+        if not isinstance(raw_jobs, list):
+            raise BadMessage("jobs must be a list of job objects")
+        rejected: list[dict[str, Any]] = []
+        accepted: list[str] = []
+        fresh: list[Job] = []
+        if self._stopping:
+            refusal = f"node {self.name} is stopping"
+            for raw in raw_jobs:
+                job_id = raw.get("id") if isinstance(raw, dict) else None
+                rejected.append({"id": job_id, "error": refusal, "retry": True})
+            return defer.succeed({"accepted": [], "parked": [], "rejected": rejected})
+        for raw in raw_jobs:
+            try:
+                job = Job.from_wire(raw)
+            except InvalidJobError as error:
+                job_id = raw.get("id") if isinstance(raw, dict) else None
+                rejected.append({"id": job_id, "error": str(error), "retry": False})
+                continue
+            if job.id in self._jobs or job.id in self._accepting:
+                accepted.append(job.id)  # sent twice (e.g. after a reconnect): already held
+                continue
+            fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
+
+        self._accepting.update(job.id for job in fresh)
+        saves = [self.storage.save(self.node_name, job) for job in fresh]
+
+        def stored(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+            now = self._clock.seconds()
+            parked = []
+            for job, (ok, result) in zip(fresh, results, strict=True):
+                self._accepting.discard(job.id)
+                if not ok:
+                    log.warn(
+                        "node {node} could not store job {job_id}, refused it: {error}",
+                        node=self.name,
+                        job_id=job.id,
+                        error=result.getErrorMessage(),
+                    )
+                    rejected.append(
+                        {"id": job.id, "error": "the node could not store it", "retry": True}
+                    )
+                    continue
+                accepted.append(job.id)
+                if job.run_at is not None and job.run_at > now:
+                    parked.append(job.id)
+                self._hold(job)
+            cancels = [job_id for job_id in accepted if job_id in self._cancel_when_accepted]
+            if cancels:
+                self._cancel_when_accepted.difference_update(cancels)
+                self._clock.callLater(0, self._cancel, cancels)  # after the answer goes out
+            return {"accepted": accepted, "parked": parked, "rejected": rejected}
+
+        return DeferredList(saves, consumeErrors=True).addCallback(stored)
+
+    def _hold(self: Node, job: Job) -> None:
+        self._jobs[job.id] = job
+        delay = 0.0 if job.run_at is None else max(0.0, job.run_at - self._clock.seconds())
+        self._timers[job.id] = self._clock.callLater(delay, self._due, job.id)
+
+    def _due(self: Node, job_id: str) -> None:
+        self._timers.pop(job_id, None)
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if self._stopping:
+            self._hand_back(job)
+            return
+        if job.run_at is not None and job.run_at > self._clock.seconds():
+            self._hold(job)  # the wall clock moved back: wait again, never run early
+            return
+        if len(self._running) >= self.slots:
+            self._ready.append(job_id)
+            return
+        self._start_attempt(job)
+
+    def _start_next_ready(self: Node) -> None:
+        while self._ready and len(self._running) < self.slots and not self._stopping:
+            job = self._jobs.get(self._ready.popleft())
+            if job is not None:
+                self._start_attempt(job)
+
+    def _after_attempt(self: Node) -> None:
+        # Start what waits for the freed slot on the next turn: starting it here would nest
+        # one call per queued job (a job that ends at once starts the next one inside this
+        # call), and thousands of jobs falling due together would exhaust the stack.
+        if self._ready and self._ready_call is None:
+            self._ready_call = self._clock.callLater(0, self._start_ready_now)
+        if self._drained is not None and not self._running and not self._drained.called:
+            self._drained.callback(None)
+
+    def _start_ready_now(self: Node) -> None:
+        self._ready_call = None
+        self._start_next_ready()
+
+    def _hand_back(self: Node, job: Job) -> None:
+        """Give an unstarted job back to its distributor (this node is stopping)."""
+        self._forget(job.id)
+        self.storage.remove(self.node_name, job.id).addErrback(
+            self._log_failure, "removing job {job_id}", job_id=job.id
+        )
+        link = self._links.get(job.distributor or "")
+        if link is not None:
+            link.send(
+                Report(
+                    job.id,
+                    job.run,
+                    job.status,
+                    None,
+                    False,
+                    job.args,
+                    run_at=job.run_at,
+                    attempt=job.attempt,
+                    handed_back=True,
+                )
+            )
+
+    def _forget(self: Node, job_id: str) -> None:
+        """Stop holding a job: no timer, no place in memory (storage is the caller's business)."""
+        self._jobs.pop(job_id, None)
+        timer = self._timers.pop(job_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancel(self: Node, job_ids: list[str]) -> list[str]:
+        cancelled = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is None:
+                if job_id in self._accepting:  # still being stored: cancel it right after
+                    self._cancel_when_accepted.add(job_id)
+                    cancelled.append(job_id)
+                continue
+            cancelled.append(job_id)
+            running = self._running.get(job_id)
+            if running is not None:
+                self._cancelling.add(job_id)
+                if job_id not in self._starting:
+                    running.cancel()  # a thread job's outcome is ignored when its thread ends
+                continue
+            if job_id in self._ready:
+                self._ready.remove(job_id)
+            self._end(attrs.evolve(job, status=Status.CANCELLED), None, job.args)
+        return cancelled
