@@ -96,6 +96,9 @@ class Config:
     #: Seconds a distributor keeps the outcomes meant for a remote client (or enqueueing
     #: node) that is away, for it to collect when it connects again under the same name.
     outcome_keep_seconds: float = attrs.field(default=3600.0, validator=_check(NUMBER, minimum=0))
+    #: Seconds a distributor keeps each final outcome for look-ups (``outcome``, ``jr``) and
+    #: its result handlers; expired outcomes are removed by an index, without a scan.
+    result_ttl: float = attrs.field(default=86400.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a stopping node lets running jobs finish before handing them back.
     shutdown_grace_period: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0))
 

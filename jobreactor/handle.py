@@ -30,6 +30,7 @@ class JobHandle:
         self._outcome: Any = None
         self._done = threading.Event()
         self._deferred: Deferred[dict[str, Any]] | None = None
+        self._written: Deferred[None] | None = None
 
     def __repr__(self) -> str:
         state = "done" if self._done.is_set() else "pending"
@@ -46,6 +47,29 @@ class JobHandle:
             if self._done.is_set():
                 self._fire(self._deferred)
         return self._deferred
+
+    @property
+    def accepted(self) -> Deferred[str]:
+        """Fires with the job id once the job is kept where it survives a restart of the
+        distributor (at once with memory storage, which keeps nothing). Reactor thread."""
+        accepted: Deferred[str] = Deferred()
+        if self._written is None:
+            accepted.callback(self.id)
+            return accepted
+
+        def relay(result: Any) -> Any:
+            if isinstance(result, Failure):
+                accepted.errback(result)
+            else:
+                accepted.callback(self.id)
+            return result
+
+        self._written.addBoth(relay)
+        return accepted
+
+    def _accept(self, written: Deferred[None]) -> None:
+        if not written.called:
+            self._written = written
 
     def cancel(self) -> None:
         """Ask for the job to stop: dropped if still waiting, stopped on its node otherwise.

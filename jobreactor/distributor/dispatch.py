@@ -110,6 +110,7 @@ class Dispatch:
         later = self._clock.seconds() + FUTURE_MARGIN
         for entry in entries:
             entry.node = link.name
+            self._keep_node(entry)
             if entry.job.run_at is None or entry.job.run_at <= later:
                 link.load.add(entry.job.id)  # it will take one of the node's slots
         for batch in in_boxes(entries, lambda entry: entry.size):
@@ -189,7 +190,9 @@ class Dispatch:
         """Put jobs back at the head of the queue, in the order they were enqueued."""
         entries = list(entries)
         for entry in reversed(entries):
-            entry.node = None
+            if entry.node is not None:
+                entry.node = None
+                self._keep_node(entry)
             if entry.cancel_requested:  # it was to stop anyway: do not send it anywhere
                 self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
                 continue

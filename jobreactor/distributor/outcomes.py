@@ -76,9 +76,8 @@ class OutcomeDesk:
                 return False
             entry.last_run = report.run
         if report.final:
-            entry.job = attrs.evolve(
-                entry.job, status=report.status, run=report.run, args=report.args
-            )
+            # args stay as enqueued: the stored outcome keeps them for a retry.
+            entry.job = attrs.evolve(entry.job, status=report.status, run=report.run)
         else:
             # The job goes on at its node; keep what a re-route would need. A retry starts
             # again from the attempt's starting args, a periodic run from the args it left.
@@ -90,6 +89,7 @@ class OutcomeDesk:
                 run_at=report.run_at,
                 args=report.args if report.feedback == "success" else entry.job.args,
             )
+            self._keep_job(entry)
         if report.final:
             self._finish_with_report(entry, report)
         elif report.feedback is not None:
@@ -103,14 +103,12 @@ class OutcomeDesk:
         self._owned.pop(entry.job.id, None)
         if entry.node is not None and entry.node in self._links:
             self._links[entry.node].load.discard(entry.job.id)
-        if entry.origin is not None:
-            if report is None:  # ended here (cancelled while waiting): tell the origin
-                report = Report(
-                    entry.job.id, entry.job.run, Status.CANCELLED, None, True, entry.job.args
-                )
-            self._forward(entry.origin, report)
-        elif report is not None:
-            self._fire(entry, report)
+        if report is None:  # ended here (cancelled while waiting): tell the origin
+            report = Report(
+                entry.job.id, entry.job.run, Status.CANCELLED, None, True, entry.job.args
+            )
+        self._keep_outcome(entry, report)
+        self._fire(entry, report)
         entry.handle._settle(outcome)
 
     def _fire(self: Distributor, entry: _Entry, report: Report) -> None:
@@ -157,4 +155,10 @@ class OutcomeDesk:
                     "peer {peer} refused {count} outcomes", failure, peer=origin, count=len(box)
                 )
 
+            sent.addCallback(self._delivered, box)
             sent.addErrback(failed)
+
+    def _delivered(self: Distributor, _: Any, box: list[Report]) -> None:
+        for report in box:
+            if report.final and self._ledger.durable:
+                self._ledger.add(("delivered", report.job_id))

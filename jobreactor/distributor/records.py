@@ -47,6 +47,8 @@ class _Entry:
     origin: str | None = None
     #: The application asked to cancel it while it was on a node.
     cancel_requested: bool = False
+    #: Order in which it was first owned (kept in storage; -1 until written).
+    seq: int = -1
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.distributor.dispatch import Dispatch
+from jobreactor.distributor.keeping import Keeping
+from jobreactor.distributor.ledger import GroupCommit
 from jobreactor.distributor.outcomes import OutcomeDesk
 from jobreactor.distributor.records import (
     STOP_WAIT,
@@ -43,10 +46,12 @@ from jobreactor.model import Job, Status, encode_args
 from jobreactor.protocol import (
     BadMessage,
 )
+from jobreactor.results import HandlerRegistry, default_handlers
+from jobreactor.storage.ledger import open_ledger
 from jobreactor.waiting import WaitingLine
 
 
-class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
+class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
     """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
 
     ``listen=None`` opens no port: nodes are then joined in memory (see
@@ -62,6 +67,8 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
         listen: str | None,
         *,
         config: Config | None = None,
+        storage: str | Any = "memory",
+        handlers: HandlerRegistry | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -71,7 +78,8 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
             reactor = global_reactor
         self.listen = listen
         self.config = config if config is not None else Config()
-        self.id = str(uuid.uuid4())
+        #: Kept in storage: a restarted distributor with storage is the same distributor.
+        self.id: str = str(uuid.uuid4())
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._owned: dict[str, _Entry] = {}
@@ -85,18 +93,32 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
         self._port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
         self._node_waiters: list[tuple[tuple[int, frozenset[str]], Deferred[list[NodeInfo]]]] = []
+        #: Where jobs, outcomes and the id are kept (``memory``, ``sqlite:``, ``redis://``).
+        self.storage: Any = open_ledger(storage)
+        self._ledger = GroupCommit(self.storage, self._clock)
+        #: Result handlers by job name: the application's ``@on_result`` functions by default.
+        self.handlers = handlers if handlers is not None else default_handlers
+        self._handler_runs: dict[str, Deferred[Any]] = {}
+        self._seq: int = 0
+        self._expiry_call: IDelayedCall | None = None
+        self._expiry_marks: deque[float] = deque()
+        #: Fires once storage is open and what it held is loaded (listening comes after).
+        self._loaded: Deferred[None] | None = None
 
     # -- service life --------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        if self.listen is None:
-            self._listening = succeed(None)  # type: ignore[arg-type]
-            return
+        self._loaded = Deferred.fromCoroutine(self._load())
+        self._listening = self._loaded.addCallback(lambda _: self._listen())
+
+    def _listen(self) -> Deferred[IListeningPort]:
+        if self.listen is None or not self.running:
+            return succeed(None)  # type: ignore[arg-type]
         endpoint = serverFromString(self._reactor, self.listen)
         factory = Factory.forProtocol(lambda: DistributorProtocol(self))
-        self._listening = endpoint.listen(factory)
-        self._listening.addCallback(self._listened)
+        listening: Deferred[IListeningPort] = endpoint.listen(factory)
+        return listening.addCallback(self._listened)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self._port = port
@@ -133,6 +155,9 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
                 timer.cancel()
         self._grace_timers.clear()
         self._dispatch_call = None
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
         stopped: Deferred[Any] = succeed(None)
         if self._port is not None:
             stopped = maybeDeferred(self._port.stopListening)
@@ -146,7 +171,14 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
                     link.protocol.transport.loseConnection()
             return stopped
 
-        return answered.addBoth(close).addCallback(lambda _: None)
+        def close_storage(_: Any) -> Deferred[Any]:
+            written = self._ledger.written()
+            written.addTimeout(STOP_WAIT, self._clock)
+            written.addErrback(self._log_failure, "writing the last changes at stop")
+            return written.addBoth(lambda _: self.storage.close())
+
+        closed = answered.addBoth(close).addBoth(close_storage)
+        return closed.addErrback(self._log_failure, "stopping").addCallback(lambda _: None)
 
     # -- the application's side --------------------------------------------------------
 
@@ -184,15 +216,25 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
         success: Feedback | None = None,
         error: Feedback | None = None,
         handle: JobHandle | None = None,
+        origin: str | None = None,
     ) -> JobHandle:
-        """Queue an already validated job (made by :func:`build_job`)."""
+        """Queue an already validated job (made by :func:`build_job`).
+
+        With persistent storage the job is written first: ``handle.accepted`` fires once
+        it is (at once with memory storage); it waits here in the meantime and may already
+        be sent to a node, but a restart forgets it until then.
+        """
         check_feedbacks(success, error)
         if job.id in self._owned:
             raise InvalidJobError(f"job id {job.id} is already queued")
         handle = handle or self.new_handle(job)
         size = len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields
-        entry = _Entry(job=job, handle=handle, success=success, error=error, size=size)
+        entry = _Entry(
+            job=job, handle=handle, success=success, error=error, size=size, origin=origin
+        )
         self._owned[job.id] = entry
+        self._keep_job(entry)
+        handle._accept(self._ledger.written())
         self._queue_for(entry).append(entry)
         self._schedule_dispatch()
         return handle
@@ -209,7 +251,9 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
         entry.cancel_requested = True  # also honoured if the node is away right now
         self._cancel_on(entry.node, entry.job.id)
 
-    def _remote_enqueue(self, link: _NodeLink, raw_jobs: Any) -> dict[str, Any]:
+    def _remote_enqueue(self, link: _NodeLink, raw_jobs: Any) -> Deferred[dict[str, Any]]:
+        """Own the jobs a peer sent; answer once they are written (nothing is acknowledged
+        before it would survive a restart)."""
         if not isinstance(raw_jobs, list):
             raise BadMessage("jobs must be a list of job objects")
         accepted: list[str] = []
@@ -230,11 +274,18 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, service.Service):
                 else:
                     rejected.append({"id": job.id, "error": f"job id {job.id} is taken"})
                 continue
+            if self._awaits_delivery(link.name, job.id):
+                accepted.append(job.id)  # finished already: its outcome is on its way
+                continue
             job = attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now)
-            self.submit(job)
-            self._owned[job.id].origin = link.name
+            self.submit(job, origin=link.name)
             accepted.append(job.id)
-        return {"accepted": accepted, "rejected": rejected}
+        answer = {"accepted": accepted, "rejected": rejected}
+        return self._ledger.written().addCallback(lambda _: answer)
+
+    def _awaits_delivery(self, origin: str, job_id: str) -> bool:
+        outbox = self._outboxes.get(origin)
+        return outbox is not None and any(r.job_id == job_id for r in outbox.reports)
 
     def _cancel_ids(self, job_ids: list[str]) -> list[str]:
         cancelled = []

@@ -71,7 +71,7 @@ class DistributorProtocol(JobReactorAMP):
         return self.distributor._hello(self, name, slots, version, held)
 
     @Enqueue.responder
-    def enqueue(self, jobs: Any) -> dict[str, Any]:
+    def enqueue(self, jobs: Any) -> Deferred[dict[str, Any]]:
         if self.link is None:
             raise HelloFirst("send Hello before Enqueue")
         return self.distributor._remote_enqueue(self.link, jobs)
@@ -93,11 +93,12 @@ class DistributorProtocol(JobReactorAMP):
         return {}
 
     @JobsDone.responder
-    def jobs_done(self, reports: Any) -> dict[str, Any]:
+    def jobs_done(self, reports: Any) -> Deferred[dict[str, Any]]:
         if self.link is None:
             raise HelloFirst("send Hello before JobsDone")
         self.distributor._reports(self.link, reports)
-        return {}
+        # Answered once the outcomes are written: until then the node keeps the reports.
+        return self.distributor._ledger.written().addCallback(lambda _: {})
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -193,6 +194,7 @@ class Sessions:
             elif entry.node is None:
                 self._unqueue(entry)
                 entry.node = name
+                self._keep_node(entry)
             if entry is not None and entry.node == name and entry.cancel_requested:
                 self._clock.callLater(0, self._cancel_on, name, job_id)  # after the answer
         lost = [e for e in self._owned.values() if e.node == name and e.job.id not in held_ids]
