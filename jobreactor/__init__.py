@@ -23,6 +23,7 @@ from jobreactor.errors import (
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Status
 from jobreactor.node import Node, current_node
+from jobreactor.results import Outcome, on_result
 from jobreactor.runtime import JR, JobReactor
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Node",
     "NodeInfo",
     "NotRunningError",
+    "Outcome",
     "Status",
     "connect",
     "current_node",
@@ -52,4 +54,5 @@ __all__ = [
     "job_callback",
     "job_errback",
     "load_jobs_directory",
+    "on_result",
 ]

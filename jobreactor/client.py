@@ -20,7 +20,7 @@ import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.enqueueing import build_job, check_feedbacks
-from jobreactor.errors import InvalidJobError
+from jobreactor.errors import InvalidJobError, NotRunningError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Report, Status
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
@@ -38,6 +38,7 @@ from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
     Enqueue,
+    GetOutcome,
     Hello,
     JobReactorAMP,
     Outcomes,
@@ -45,6 +46,7 @@ from jobreactor.protocol import (
     in_boxes,
     retry_policy,
 )
+from jobreactor.results import Outcome
 
 log = Logger()
 
@@ -112,6 +114,7 @@ class Submitter:
         handle: JobHandle | None = None,
     ) -> JobHandle:
         handle = handle or JobHandle(job.id, job.name, self.cancel)
+        handle._awaiting_acceptance()  # until the distributor answers that it owns the job
         size = len(json.dumps(job.args, separators=(",", ":"))) + 400
         self._jobs[job.id] = self._to_send[job.id] = _Submitted(
             job, handle, success, error, size=size
@@ -192,6 +195,10 @@ class Submitter:
             sent.addErrback(lambda failure: log.failure("handling an Enqueue answer", failure))
 
     def _answered(self, answer: dict[str, Any]) -> None:
+        for job_id in answer.get("accepted") or []:
+            kept = self._jobs.get(str(job_id))
+            if kept is not None:
+                kept.handle._accepted()
         for refusal in answer.get("rejected") or []:
             submitted = (
                 self._jobs.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
@@ -244,6 +251,12 @@ class Submitter:
             log.failure("on_unknown_outcome raised for job {job_id}", job_id=report.job_id)
 
     def _settle(self, submitted: _Submitted, report: Report) -> None:
+        if report.error_type in ("RejectedByDistributor", "EnqueueFailed") or (
+            not submitted.ever_sent
+        ):
+            submitted.handle._accepted(Failure(InvalidJobError(report.error or "not accepted")))
+        else:
+            submitted.handle._accepted()  # an outcome came back: the distributor had it
         self._jobs.pop(submitted.job.id, None)
         self._to_send.pop(submitted.job.id, None)
         fire_feedback(submitted.job, report, submitted.success, submitted.error)
@@ -416,6 +429,21 @@ class Client(service.Service):
 
     def cancel(self, handle: JobHandle) -> None:
         self.submitter.cancel(handle)
+
+    def outcome(self, job_id: str) -> Deferred[Outcome | None]:
+        """The distributor's stored final outcome of ``job_id`` (None if it has none).
+
+        Fails with ``NotRunningError`` while not connected.
+        """
+        protocol = self.submitter.protocol
+        if protocol is None:
+            return fail(NotRunningError(f"client {self.client_name} is not connected"))
+        asked: Deferred[dict[str, Any]] = protocol.callRemote(GetOutcome, job_id=job_id)
+        return asked.addCallback(
+            lambda answer: (
+                None if answer["outcome"] is None else Outcome.from_json(answer["outcome"])
+            )
+        )
 
 
 def connect(

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
@@ -30,7 +30,9 @@ class JobHandle:
         self._outcome: Any = None
         self._done = threading.Event()
         self._deferred: Deferred[dict[str, Any]] | None = None
-        self._written: Deferred[None] | None = None
+        #: True once kept, a Failure if refused, None while waiting to be kept.
+        self._acceptance: Any = True
+        self._acceptance_waiters: list[Deferred[str]] = []
 
     def __repr__(self) -> str:
         state = "done" if self._done.is_set() else "pending"
@@ -51,25 +53,32 @@ class JobHandle:
     @property
     def accepted(self) -> Deferred[str]:
         """Fires with the job id once the job is kept where it survives a restart of the
-        distributor (at once with memory storage, which keeps nothing). Reactor thread."""
-        accepted: Deferred[str] = Deferred()
-        if self._written is None:
-            accepted.callback(self.id)
-            return accepted
+        distributor: written to its storage (at once with memory storage, which keeps
+        nothing), or, through a remote client, once the distributor answered that it owns
+        it. Fails if the job was refused instead. Reactor thread."""
+        if self._acceptance is True:
+            return succeed(self.id)
+        if isinstance(self._acceptance, Failure):
+            return fail(self._acceptance)
+        waiter: Deferred[str] = Deferred()
+        self._acceptance_waiters.append(waiter)
+        return waiter
 
-        def relay(result: Any) -> Any:
-            if isinstance(result, Failure):
-                accepted.errback(result)
+    def _awaiting_acceptance(self) -> None:
+        if self._acceptance is True:
+            self._acceptance = None
+
+    def _accepted(self, failure: Failure | None = None) -> None:
+        """Record that the job is kept (or, with ``failure``, that it was refused)."""
+        if self._acceptance is not None:
+            return
+        self._acceptance = failure if failure is not None else True
+        waiters, self._acceptance_waiters = self._acceptance_waiters, []
+        for waiter in waiters:
+            if failure is not None:
+                waiter.errback(failure)
             else:
-                accepted.callback(self.id)
-            return result
-
-        self._written.addBoth(relay)
-        return accepted
-
-    def _accept(self, written: Deferred[None]) -> None:
-        if not written.called:
-            self._written = written
+                waiter.callback(self.id)
 
     def cancel(self) -> None:
         """Ask for the job to stop: dropped if still waiting, stopped on its node otherwise.

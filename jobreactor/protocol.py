@@ -351,3 +351,16 @@ class Outcomes(amp.Command):
     arguments = [(b"reports", JSON())]
     response = []  # type: ignore[var-annotated]
     errors = dict(_COMMON_ERRORS)
+
+
+class GetOutcome(amp.Command):
+    """Any peer that said ``Hello`` to distributor: the stored final outcome of a job.
+
+    ``outcome`` is the outcome object (``job_id``, ``name``, ``status``, ``args``, ``error``,
+    ``error_type``, ``run``, ``finished_at``, ``handled``) or null when the distributor has
+    none (unknown id, not finished, or older than ``result_ttl``).
+    """
+
+    arguments = [(b"job_id", amp.Unicode())]
+    response = [(b"outcome", JSON(optional=True))]
+    errors = dict(_COMMON_ERRORS)

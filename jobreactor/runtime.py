@@ -179,14 +179,24 @@ class JobReactor:
     # -- starting parts ----------------------------------------------------------------
 
     def start_distributor(
-        self, host_or_endpoint: str = "localhost", port: int | None = 5000
+        self,
+        host_or_endpoint: str = "localhost",
+        port: int | None = 5000,
+        *,
+        storage: str | Any = "memory",
     ) -> Deferred[Distributor]:
         """Start a distributor listening on ``host:port`` (or a server endpoint string).
 
-        Call in the reactor thread (``setup`` runs there). Fires once it listens.
+        ``storage`` (``"memory"``, ``"sqlite:PATH"``, ``"redis://..."``) is where it keeps
+        its id, the jobs it owns and their outcomes, so that a restart loses nothing it
+        acknowledged; see docs/durability.md. Call in the reactor thread (``setup`` runs
+        there). Fires once it listens (after reloading what its storage held).
         """
         distributor = Distributor(
-            _listen_description(host_or_endpoint, port), config=self.config, reactor=self.reactor
+            _listen_description(host_or_endpoint, port),
+            config=self.config,
+            storage=storage,
+            reactor=self.reactor,
         )
         distributor.startService()
         self.distributor = distributor

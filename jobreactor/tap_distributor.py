@@ -12,7 +12,11 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from jobreactor.distributor import Distributor
+from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
+from jobreactor.results import load_handlers_directory
+from jobreactor.storage import SQLiteStorage
+from jobreactor.storage.ledger import open_ledger
 from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_text
 
 DEFAULT_LISTEN = "tcp:5000:interface=127.0.0.1"
@@ -24,12 +28,14 @@ class Options(DaemonOptions):
     table = "distributor"
     command = "jr-distributor"
     synopsis = (
-        "[--listen ENDPOINT] [--config FILE] [--setting NAME=VALUE ...] [--log-format json|text]"
+        "[--listen ENDPOINT] [--storage URL] [--handlers DIR] [--config FILE] "
+        "[--setting NAME=VALUE ...] [--log-format json|text]"
     )
     longdesc = (
         "Runs a standalone JobReactor distributor. Each option is taken from the command "
         "line, else from its environment variable (an empty one counts as unset), else from "
-        "the [distributor] table of the --config file (keys: listen, log_format), else from "
+        "the [distributor] table of the --config file (keys: listen, storage, handlers, "
+        "log_format), else from "
         "its default. Config settings (node_grace_period, heartbeat_timeout, ...) come from "
         "--setting NAME=VALUE, else JR_SETTING_<NAME>, else the [settings] table."
     )
@@ -41,10 +47,25 @@ class Options(DaemonOptions):
             f"Server endpoint string nodes and clients connect to (default: {DEFAULT_LISTEN}). "
             "Env: JR_LISTEN.",
         ],
+        [
+            "storage",
+            "s",
+            None,
+            "Where the distributor keeps its id, waiting jobs and outcomes: memory (lost at "
+            "exit), sqlite:PATH or a redis://HOST:PORT/DB URL (default: memory). "
+            "Env: JR_STORAGE.",
+        ],
+        [
+            "handlers",
+            None,
+            None,
+            "Directory of Python files whose @on_result functions handle outcomes "
+            "(loaded at start, like a node's jobs directory). Env: JR_HANDLERS.",
+        ],
     ]
 
     def table_keys(self) -> tuple[str, ...]:
-        return ("listen", "log_format")
+        return ("listen", "storage", "handlers", "log_format")
 
     def postOptions(self) -> None:
         self.load_config_file()
@@ -53,6 +74,25 @@ class Options(DaemonOptions):
         self["listen"] = listen if listen is not None else DEFAULT_LISTEN
         self.choose_log_format()
         check_server_endpoint(self["listen"], source)
+        storage, storage_source = self.pick("storage", "JR_STORAGE", "storage", as_text)
+        self["storage"] = storage if storage is not None else "memory"
+        try:
+            self["storage_object"] = open_ledger(self["storage"])
+        except (ConfigError, ValueError) as error:
+            raise usage.UsageError(f"{storage_source}: {error}") from None
+        files = getattr(self["storage_object"], "files", None)
+        if isinstance(files, SQLiteStorage) and not os.path.isdir(os.path.dirname(files.path)):
+            raise usage.UsageError(
+                f"{storage_source}: no directory {os.path.dirname(files.path)!r} "
+                f"for the SQLite file {files.path!r}"
+            )
+        handlers, handlers_source = self.pick("handlers", "JR_HANDLERS", "handlers", as_text)
+        self["handlers_object"] = None
+        if handlers is not None:
+            try:
+                self["handlers_object"] = load_handlers_directory(handlers)
+            except JobDefinitionError as error:
+                raise usage.UsageError(f"{handlers_source}: {error}") from None
         self["config_object"] = config
 
 
@@ -101,6 +141,13 @@ class DaemonDistributor(ExitsCleanly):
 
 
 def makeService(options: Options) -> service.IService:
-    distributor = DaemonDistributor(Distributor(options["listen"], config=options["config_object"]))
+    distributor = DaemonDistributor(
+        Distributor(
+            options["listen"],
+            config=options["config_object"],
+            storage=options["storage_object"],
+            handlers=options["handlers_object"],
+        )
+    )
     observer = options.observer_for_twistd()
     return distributor if observer is None else WithLogObserver(distributor, observer)

@@ -234,7 +234,9 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
         )
         self._owned[job.id] = entry
         self._keep_job(entry)
-        handle._accept(self._ledger.written())
+        if self._ledger.durable:
+            handle._awaiting_acceptance()
+            self._ledger.written().addCallbacks(lambda _: handle._accepted(), handle._accepted)
         self._queue_for(entry).append(entry)
         self._schedule_dispatch()
         return handle

@@ -27,6 +27,7 @@ from jobreactor.protocol import (
     CancelJobs,
     DuplicateNodeName,
     Enqueue,
+    GetOutcome,
     Hello,
     HelloFirst,
     JobReactorAMP,
@@ -34,6 +35,7 @@ from jobreactor.protocol import (
     Leaving,
     UnsupportedVersion,
 )
+from jobreactor.results import Outcome
 
 if TYPE_CHECKING:
     from jobreactor.distributor.service import Distributor
@@ -83,6 +85,21 @@ class DistributorProtocol(JobReactorAMP):
         if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
             raise BadMessage("job_ids must be a list of job ids")
         return {"cancelled": self.distributor._cancel_ids(job_ids)}
+
+    @GetOutcome.responder
+    def get_outcome(self, job_id: str) -> Deferred[dict[str, Any]]:
+        if self.link is None:
+            raise HelloFirst("send Hello before GetOutcome")
+
+        def answer(outcome: Outcome | None) -> dict[str, Any]:
+            if outcome is None:
+                return {"outcome": None}
+            data = outcome.to_json()
+            data.pop("job", None)
+            data.pop("origin", None)
+            return {"outcome": data}
+
+        return self.distributor.outcome(job_id).addCallback(answer)
 
     @Leaving.responder
     def leaving(self) -> dict[str, Any]:
