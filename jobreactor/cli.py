@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
+from jobreactor import cli_distributor
 from jobreactor.errors import ConfigError, JobReactorError
 from jobreactor.model import Job, Status
 from jobreactor.monitor import Monitor, parse_status
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "counts", parents=[common], help="how many jobs each node has in each status"
     )
+    cli_distributor.add_commands(commands, common)
     return parser
 
 
@@ -109,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jr`` with ``argv`` (default: the command line) and return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "distributor":
+        return _react(_run_distributor(args))
     if not args.storage:
         parser.error("say which storage with --storage URL (or set JR_STORAGE)")
     try:
@@ -120,6 +124,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     return 0  # pragma: no cover - react() always exits
+
+
+def _react(work: Any) -> int:
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(work))
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    return 0  # pragma: no cover - react() always exits
+
+
+async def _run_distributor(args: argparse.Namespace) -> None:
+    status = 0
+    try:
+        await cli_distributor.run(args, sys.stdout)
+    except CommandError as error:
+        status = _fail(str(error), error.status)
+    except (JobReactorError, ConfigError) as error:
+        status = _fail(str(error), 1)
+    except Exception as error:  # one line, never a traceback
+        status = _fail(f"unexpected {type(error).__name__}: {error}", 1)
+    raise SystemExit(status)
 
 
 async def _run(storage: IJobStorage, args: argparse.Namespace) -> None:

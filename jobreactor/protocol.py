@@ -364,3 +364,13 @@ class GetOutcome(amp.Command):
     arguments = [(b"job_id", amp.Unicode())]
     response = [(b"outcome", JSON(optional=True))]
     errors = dict(_COMMON_ERRORS)
+
+
+class RetryJobs(amp.Command):
+    """Any peer that said ``Hello`` to distributor: run these finished jobs again (same id,
+    same args as enqueued, a new run); needs the job's stored outcome. ``rejected`` objects
+    ``{"id", "error"}`` for jobs that cannot be retried (unknown, not finished)."""
+
+    arguments = [(b"job_ids", JSON())]
+    response = [(b"retried", JSON()), (b"rejected", JSON())]
+    errors = dict(_COMMON_ERRORS)

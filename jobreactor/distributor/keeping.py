@@ -257,6 +257,16 @@ class Keeping:
 
         return self.outcome(job_id).addCallback(found)
 
+    async def _retry_ids(self: Distributor, job_ids: list[str]) -> dict[str, Any]:
+        retried: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        for job_id in job_ids:
+            try:
+                retried.append(await self.retry(job_id))
+            except (KeyError, ValueError) as error:
+                rejected.append({"id": job_id, "error": str(error).strip("'\"")})
+        return {"retried": retried, "rejected": rejected}
+
     # -- expiry ------------------------------------------------------------------------
 
     def _mark_expiry(self: Distributor, expires_at: float) -> None:

@@ -172,10 +172,10 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
             return stopped
 
         def close_storage(_: Any) -> Deferred[Any]:
-            written = self._ledger.written()
-            written.addTimeout(STOP_WAIT, self._clock)
-            written.addErrback(self._log_failure, "writing the last changes at stop")
-            return written.addBoth(lambda _: self.storage.close())
+            last = Deferred.fromCoroutine(self._write_last())
+            last.addTimeout(STOP_WAIT, self._clock)
+            last.addErrback(self._log_failure, "writing the last changes at stop")
+            return last.addBoth(lambda _: self.storage.close())
 
         closed = answered.addBoth(close).addBoth(close_storage)
         return closed.addErrback(self._log_failure, "stopping").addCallback(lambda _: None)
@@ -297,6 +297,15 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
                 cancelled.append(job_id)
                 self.cancel(entry.handle)
         return cancelled
+
+    async def _write_last(self) -> None:
+        """Let running result handlers end and every change be written (handled marks
+        too, so a clean stop never runs a handler twice)."""
+        while self._handler_runs or not self._ledger.idle:
+            runs = list(self._handler_runs.values())
+            if runs:
+                await DeferredList(runs, consumeErrors=True)
+            await self._ledger.written()
 
     @property
     def waiting(self) -> int:

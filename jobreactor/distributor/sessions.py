@@ -33,6 +33,7 @@ from jobreactor.protocol import (
     JobReactorAMP,
     JobsDone,
     Leaving,
+    RetryJobs,
     UnsupportedVersion,
 )
 from jobreactor.results import Outcome
@@ -100,6 +101,14 @@ class DistributorProtocol(JobReactorAMP):
             return {"outcome": data}
 
         return self.distributor.outcome(job_id).addCallback(answer)
+
+    @RetryJobs.responder
+    def retry_jobs(self, job_ids: Any) -> Deferred[dict[str, Any]]:
+        if self.link is None:
+            raise HelloFirst("send Hello before RetryJobs")
+        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
+            raise BadMessage("job_ids must be a list of job ids")
+        return Deferred.fromCoroutine(self.distributor._retry_ids(job_ids))
 
     @Leaving.responder
     def leaving(self) -> dict[str, Any]:
