@@ -67,6 +67,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--storage", default="memory", help="the node's --storage (default: memory)"
     )
     parser.add_argument(
+        "--distributor-storage",
+        default="memory",
+        help="the distributor's storage: memory, sqlite (a temporary file), sqlite:PATH or a "
+        "redis:// URL (default: memory)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=50, help="jobs run before measuring (not counted)"
     )
     parser.add_argument(
@@ -273,7 +279,10 @@ def row(name: str, jobs: int, seconds: float, latencies: list[float]) -> str:
 
 
 async def measure(reactor: Any, options: argparse.Namespace) -> None:
-    distributor = Distributor("tcp:0:interface=127.0.0.1", reactor=reactor)
+    storage = options.distributor_storage
+    if storage == "sqlite":
+        storage = f"sqlite:{tempfile.mkdtemp(prefix='jobreactor-bench-')}/distributor.db"
+    distributor = Distributor("tcp:0:interface=127.0.0.1", storage=storage, reactor=reactor)
     distributor.startService()
     await distributor.when_listening()
     port = distributor.address.port
@@ -307,7 +316,8 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
     )
     print(
         f"1 distributor (this process) → 1 node (twistd jr-node, --slots {options.slots}, "
-        f"--storage {options.storage}), loopback TCP, no-op job with a success feedback"
+        f"--storage {options.storage}), distributor storage {options.distributor_storage}, "
+        "loopback TCP, no-op job with a success feedback"
     )
     print()
     header = f"{'phase':<24}{'jobs':>7}{'seconds':>10}{'jobs/s':>10}"
