@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from jobreactor.distributor.records import _Entry, log
+from jobreactor.errors import InvalidJobError
 from jobreactor.model import Job, Report, Status
 from jobreactor.results import (
     HANDLER_DONE,
@@ -60,7 +61,16 @@ class Keeping:
         records = await self.storage.jobs()
         on_nodes: dict[str, int] = {}
         for record in records:
-            entry = self._restore(record)
+            try:
+                entry = self._restore(record)
+            except (InvalidJobError, KeyError, TypeError, ValueError) as error:
+                log.error(
+                    "distributor storage {storage}: a stored job is unreadable and is left "
+                    "where it is: {error}",
+                    storage=self.storage,
+                    error=str(error)[:500],
+                )
+                continue
             self._seq = max(self._seq, int(record.get("seq", 0)) + 1)
             if entry.node is None:
                 self._queue_for(entry).append(entry)
@@ -122,7 +132,9 @@ class Keeping:
             "origin": entry.origin,
             "last_run": entry.last_run,
         }
-        self._ledger.add(("job", entry.job.id, json.dumps(record, separators=(",", ":"))))
+        self._ledger.add(
+            ("job", entry.job.id, json.dumps(record, separators=(",", ":")), entry.seq)
+        )
 
     def _keep_node(self: Distributor, entry: _Entry) -> None:
         if self._ledger.durable:
@@ -139,8 +151,13 @@ class Keeping:
             origin=entry.origin,
             handled=HANDLER_PENDING if handlers else HANDLER_DONE,
         )
-        if self._ledger.durable:
-            self._ledger.add(("drop", entry.job.id))
+        self._mark_expiry(outcome.finished_at + self.config.result_ttl)
+        if not self._ledger.durable:
+            self.storage.keep(outcome, outcome.finished_at + self.config.result_ttl)
+            if handlers:
+                self._handle(outcome)
+            return outcome
+        self._ledger.add(("drop", entry.job.id))
         self._ledger.add(
             (
                 "outcome",
@@ -150,9 +167,11 @@ class Keeping:
                 outcome.origin,
                 0 if outcome.origin is not None else 1,
                 outcome.handled,
+                outcome.name,
+                outcome.status,
+                outcome.finished_at,
             )
         )
-        self._mark_expiry(outcome.finished_at + self.config.result_ttl)
         if handlers:
             self._ledger.written().addCallback(lambda _: self._handle(outcome))
         return outcome

@@ -8,14 +8,19 @@ Redis script, so a crash never leaves half a batch.
 
 Operations (tuples; the first item names them):
 
-``("job", id, entry_json)``
+``("job", id, entry_json, seq)``
     own a job (insert or replace); ``entry_json`` is ``{"job", "seq", "origin", "last_run"}``.
 ``("assign", id, node_or_None)``
     the node now holding the job (None: waiting in the distributor again).
 ``("drop", id)``
     the job is over or gone: forget it.
-``("outcome", id, outcome_json, expires_at, origin, delivered, handled)``
+``("outcome", id, outcome_json, expires_at, origin, delivered, handled, name, status,
+finished_at)``
     store a final outcome (insert or replace).
+
+A storage may apply a batch grouped by kind in the order above (job, assign, drop, outcome,
+delivered, handled), keeping the order within a kind: the distributor never puts two
+operations in one batch whose order across kinds matters otherwise.
 ``("delivered", id)``
     the remote peer that enqueued the job has the outcome.
 ``("handled", id, state)``
@@ -24,7 +29,6 @@ Operations (tuples; the first item names them):
 
 from __future__ import annotations
 
-import heapq
 import json
 from typing import Any
 
@@ -86,14 +90,15 @@ class MemoryLedger:
 
     Nothing here survives the process: this is the default, today's behaviour. At most
     ``max_outcomes`` outcomes are kept (oldest dropped first) besides the ``result_ttl``
-    expiry, so a long-running process does not grow without bound.
+    expiry, so a long-running process does not grow without bound. Outcomes are kept in
+    the order they were stored, which is the order they expire in (one ``result_ttl``), so
+    expiry reads from the front and never scans.
     """
 
     max_outcomes: int = 100_000
     durable: bool = attrs.field(default=False, init=False)
     _id: str | None = attrs.field(default=None, init=False)
-    _outcomes: dict[str, Outcome] = attrs.field(factory=dict, init=False)
-    _expiry: list[tuple[float, str]] = attrs.field(factory=list, init=False)
+    _outcomes: dict[str, tuple[Outcome, float]] = attrs.field(factory=dict, init=False)
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -103,38 +108,53 @@ class MemoryLedger:
             self._id = new_id
         return succeed(self._id)
 
+    def keep(self, outcome: Outcome, expires_at: float) -> None:
+        """Keep an outcome as it is (no JSON round trip: nothing leaves the process)."""
+        self._outcomes.pop(outcome.job_id, None)  # re-inserted last: newest at the end
+        self._outcomes[outcome.job_id] = (outcome, expires_at)
+        if len(self._outcomes) > self.max_outcomes:
+            del self._outcomes[next(iter(self._outcomes))]
+
     def write(self, operations: list[Operation]) -> Deferred[None]:
         for operation in operations:
             kind = operation[0]
             if kind == "outcome":
-                _, job_id, data, expires_at, _origin, _delivered, handled = operation
-                self._outcomes.pop(job_id, None)  # re-inserted last: newest at the end
-                self._outcomes[job_id] = outcome_from_row(data, handled, _delivered)
-                heapq.heappush(self._expiry, (expires_at, job_id))
-                while len(self._outcomes) > self.max_outcomes:
-                    self._outcomes.pop(next(iter(self._outcomes)))
+                _, _job_id, data, expires_at, _origin, delivered, handled = operation[:7]
+                self.keep(outcome_from_row(data, handled, delivered), expires_at)
             elif kind == "handled":
                 found = self._outcomes.get(operation[1])
                 if found is not None:
-                    self._outcomes[operation[1]] = attrs.evolve(found, handled=operation[2])
+                    outcome, expires_at = found
+                    self._outcomes[operation[1]] = (
+                        attrs.evolve(outcome, handled=operation[2]),
+                        expires_at,
+                    )
         return succeed(None)
 
     def jobs(self) -> Deferred[list[dict[str, Any]]]:
         return succeed([])
 
     def outcome(self, job_id: str) -> Deferred[Outcome | None]:
-        return succeed(self._outcomes.get(job_id))
+        found = self._outcomes.get(job_id)
+        return succeed(None if found is None else found[0])
 
     def outcomes(self, which: str, limit: int) -> Deferred[list[Outcome]]:
-        found = [o for o in reversed(self._outcomes.values()) if _selected(o, which)]
-        return succeed(found[:limit])
+        found = []
+        for outcome, _ in reversed(self._outcomes.values()):
+            if _selected(outcome, which):
+                found.append(outcome)
+                if len(found) >= limit:
+                    break
+        return succeed(found)
 
     def expire(self, now: float) -> Deferred[int]:
         removed = 0
-        while self._expiry and self._expiry[0][0] <= now:
-            _, job_id = heapq.heappop(self._expiry)
-            if self._outcomes.pop(job_id, None) is not None:
-                removed += 1
+        while self._outcomes:
+            job_id = next(iter(self._outcomes))
+            if self._outcomes[job_id][1] > now:
+                break
+            del self._outcomes[job_id]
+            removed += 1
         return succeed(removed)
 
     def close(self) -> Deferred[None]:

@@ -123,46 +123,35 @@ _STATEMENTS = {
 }
 
 
+#: The order a batch is applied in, kind by kind (see jobreactor.storage.ledger).
+KIND_ORDER = ("job", "assign", "drop", "outcome", "delivered", "handled")
+
+
 def _parameters(operation: Operation) -> tuple[Any, ...]:
     kind = operation[0]
     if kind == "job":
-        _, job_id, entry = operation
-        return (job_id, json.loads(entry)["seq"], entry)
+        _, job_id, entry, seq = operation
+        return (job_id, seq, entry)
     if kind == "assign":
         return (operation[2], operation[1])
     if kind in ("drop", "delivered"):
         return (operation[1],)
     if kind == "outcome":
-        _, job_id, data, expires_at, origin, delivered, handled = operation
-        outcome = json.loads(data)
-        return (
-            job_id,
-            outcome["name"],
-            outcome["status"],
-            outcome["finished_at"],
-            expires_at,
-            origin,
-            int(delivered),
-            handled,
-            data,
-        )
+        _, job_id, data, expires_at, origin, delivered, handled, name, status, finished = operation
+        return (job_id, name, status, finished, expires_at, origin, int(delivered), handled, data)
     if kind == "handled":
         return (operation[2], operation[1])
     raise ValueError(f"unknown ledger operation {kind!r}")
 
 
 def _write(cursor: adbapi.Transaction, operations: list[Operation]) -> None:
-    # Runs of one kind go in one executemany; the order of the operations is kept.
-    index = 0
-    while index < len(operations):
-        kind = operations[index][0]
-        end = index
-        while end < len(operations) and operations[end][0] == kind:
-            end += 1
-        cursor.executemany(
-            _STATEMENTS[kind], [_parameters(operation) for operation in operations[index:end]]
-        )
-        index = end
+    # One executemany per kind, kinds in KIND_ORDER, each kind's operations in their order.
+    by_kind: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in KIND_ORDER}
+    for operation in operations:
+        by_kind[operation[0]].append(_parameters(operation))
+    for kind in KIND_ORDER:
+        if by_kind[kind]:
+            cursor.executemany(_STATEMENTS[kind], by_kind[kind])
 
 
 def _jobs(cursor: adbapi.Transaction) -> list[dict[str, Any]]:
