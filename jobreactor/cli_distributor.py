@@ -25,9 +25,11 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="jobs and outcomes a distributor keeps; retry or cancel through it",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("waiting", help="jobs waiting in the distributor for a node")
-    actions.add_parser("running", help="jobs the distributor has placed on nodes")
-    outcomes = actions.add_parser("outcomes", help="final outcomes, newest first")
+    actions.add_parser(
+        "waiting", parents=[common], help="jobs waiting in the distributor for a node"
+    )
+    actions.add_parser("running", parents=[common], help="jobs the distributor has placed on nodes")
+    outcomes = actions.add_parser("outcomes", parents=[common], help="final outcomes, newest first")
     outcomes.add_argument(
         "--status",
         default="all",
@@ -35,13 +37,17 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="done, failed or cancelled; pending / unhandled (result handlers); undelivered",
     )
     outcomes.add_argument("--limit", type=int, default=50)
-    show = actions.add_parser("show", help="one job's outcome, or its record if unfinished")
+    show = actions.add_parser(
+        "show", parents=[common], help="one job's outcome, or its record if unfinished"
+    )
     show.add_argument("job_id", metavar="ID")
     for name, what in (
         ("retry", "run a finished job again (same id and args)"),
         ("cancel", "cancel a job"),
     ):
-        action = actions.add_parser(name, help=what + ", through the running distributor")
+        action = actions.add_parser(
+            name, parents=[common], help=what + ", through the running distributor"
+        )
         action.add_argument("job_id", metavar="ID")
         action.add_argument(
             "--distributor",
