@@ -33,6 +33,7 @@ class JobHandle:
         #: True once kept, a Failure if refused, None while waiting to be kept.
         self._acceptance: Any = True
         self._acceptance_waiters: list[Deferred[str]] = []
+        self._accepted_event: threading.Event | None = None
 
     def __repr__(self) -> str:
         state = "done" if self._done.is_set() else "pending"
@@ -64,6 +65,26 @@ class JobHandle:
         self._acceptance_waiters.append(waiter)
         return waiter
 
+    def wait_accepted(self, timeout: float | None = None) -> str:
+        """Block a non-reactor thread until the job is kept (see ``accepted``); return its id.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, or the refusal's error.
+        """
+        if threadable.isInIOThread() and self._acceptance is None:
+            raise RuntimeError(
+                "JobHandle.wait_accepted() called in the reactor thread: use handle.accepted"
+            )
+        event = self._accepted_event
+        if event is None:
+            event = self._accepted_event = threading.Event()
+            if self._acceptance is not None:
+                event.set()
+        if not event.wait(timeout):
+            raise TimeoutError(f"job {self.name!r} ({self.id}) was not accepted in {timeout} s")
+        if isinstance(self._acceptance, Failure):
+            self._acceptance.raiseException()
+        return self.id
+
     def _awaiting_acceptance(self) -> None:
         if self._acceptance is True:
             self._acceptance = None
@@ -73,6 +94,8 @@ class JobHandle:
         if self._acceptance is not None:
             return
         self._acceptance = failure if failure is not None else True
+        if self._accepted_event is not None:
+            self._accepted_event.set()
         waiters, self._acceptance_waiters = self._acceptance_waiters, []
         for waiter in waiters:
             if failure is not None:

@@ -36,6 +36,7 @@ from jobreactor.errors import NotRunningError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job
 from jobreactor.node import Node
+from jobreactor.results import Outcome
 from jobreactor.storage import IJobStorage
 
 
@@ -268,8 +269,30 @@ class JobReactor:
             max_args_bytes=self.config.max_args_bytes,
         )
         handle = JobHandle(job.id, job.name, self._cancel)
+        if isinstance(target, Client) or target.storage.durable:
+            handle._awaiting_acceptance()  # wait_accepted() must not return before submit ran
         self._call_in_reactor(self._submit, target, job, success, error, handle)
         return handle
+
+    def outcome(self, job_id: str, timeout: float = 10) -> Outcome | None:
+        """The stored final outcome of ``job_id`` (None if there is none); blocks a
+        non-reactor thread, for at most ``timeout`` seconds. See docs/durability.md."""
+        target: Distributor | Client | None = self.distributor or self.client
+        if target is None:
+            raise NotRunningError("no distributor: call JR.start_distributor or JR.connect first")
+        if threadable.isInIOThread():
+            raise RuntimeError("JR.outcome blocks: in the reactor thread use distributor.outcome()")
+
+        def ask() -> Deferred[Any]:
+            assert target is not None
+            asked: Deferred[Any] = target.outcome(job_id)
+            return asked.addTimeout(timeout, self.reactor)
+
+        try:
+            found: Any = blockingCallFromThread(self.reactor, ask)
+        except defer.TimeoutError:
+            raise TimeoutError(f"no answer about job {job_id} within {timeout} s") from None
+        return found if isinstance(found, Outcome) else None
 
     @staticmethod
     def _submit(

@@ -7,6 +7,7 @@ import sys
 from typing import Any, ClassVar
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -131,7 +132,13 @@ class DaemonDistributor(ExitsCleanly):
     def _cannot_listen(self, failure: Failure) -> None:
         from twisted.internet import reactor
 
-        message = f"jr-distributor: cannot listen on {self.distributor.listen}: {failure.value}"
+        if failure.check(CannotListenError):
+            message = f"jr-distributor: cannot listen on {self.distributor.listen}: {failure.value}"
+        else:
+            message = (
+                f"jr-distributor: cannot start with storage {self.distributor.storage}: "
+                f"{failure.value}"
+            )
         log.critical("{message}", message=message)
         print(message, file=sys.stderr, flush=True)
         # twistd exits 0 once the reactor stops; a failed start must not look like success.

@@ -110,3 +110,22 @@ async def test_outcome_lookups_survive_a_restart(tmp_path: Path) -> None:
             await ledger.close()
     finally:
         await again.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thread_waits_for_acceptance_of_a_durable_enqueue(tmp_path: Path) -> None:
+    """``wait_accepted`` in a worker thread returns once the job is written, not before."""
+    dist = Distributor(None, storage=f"sqlite:{tmp_path / 'dist.db'}", reactor=reactor)
+    dist.startService()
+    await dist.when_listening()
+    try:
+        handle = dist.enqueue("x", {"n": 1})
+        assert not handle.accepted.called  # the write has not happened yet in this turn
+        waited = await deferToThread(handle.wait_accepted, 10)
+        assert waited == handle.id
+        assert (await handle.accepted) == handle.id
+        refused = dist.enqueue("x", {"n": 2})
+        refused.cancel()  # cancelled while waiting: still accepted first, then cancelled
+        assert (await deferToThread(refused.wait_accepted, 10)) == refused.id
+    finally:
+        await dist.stopService()
