@@ -13,6 +13,10 @@ from twisted.python.failure import Failure
 from jobreactor.errors import JobReactorError
 
 
+#: Guards making a handle's Event (two threads waiting on one handle must share it).
+_EVENT_LOCK = threading.Lock()
+
+
 class JobHandle:
     """The application's grip on one enqueued job.
 
@@ -28,7 +32,10 @@ class JobHandle:
         self.name = name
         self._cancel = cancel
         self._outcome: Any = None
-        self._done = threading.Event()
+        self._settled = False
+        #: Made only when a thread waits in ``result()``: most handles never need one, and
+        #: an Event (a Condition and its locks) costs more than the rest of the handle.
+        self._done: threading.Event | None = None
         self._deferred: Deferred[dict[str, Any]] | None = None
         #: True once kept, a Failure if refused, None while waiting to be kept.
         self._acceptance: Any = True
@@ -36,18 +43,18 @@ class JobHandle:
         self._accepted_event: threading.Event | None = None
 
     def __repr__(self) -> str:
-        state = "done" if self._done.is_set() else "pending"
+        state = "done" if self._settled else "pending"
         return f"<JobHandle {self.name!r} {self.id} {state}>"
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._settled
 
     @property
     def deferred(self) -> Deferred[dict[str, Any]]:
         if self._deferred is None:
             self._deferred = Deferred()
-            if self._done.is_set():
+            if self._settled:
                 self._fire(self._deferred)
         return self._deferred
 
@@ -116,12 +123,12 @@ class JobHandle:
         Raises ``TimeoutError`` when ``timeout`` seconds pass first. Never call this in the
         reactor thread: it would wait for an outcome that thread has to deliver.
         """
-        if threadable.isInIOThread() and not self._done.is_set():
+        if threadable.isInIOThread() and not self._settled:
             raise RuntimeError(
                 f"JobHandle.result() called in the reactor thread for job {self.name!r}: it would "
                 "block the thread that delivers the outcome; use handle.deferred there"
             )
-        if not self._done.wait(timeout):
+        if not self._event().wait(timeout):
             raise TimeoutError(f"job {self.name!r} ({self.id}) did not finish in {timeout} s")
         if isinstance(self._outcome, Failure):
             error = self._outcome.value
@@ -132,12 +139,22 @@ class JobHandle:
 
     def _settle(self, outcome: dict[str, Any] | Failure) -> None:
         """Record the final outcome (reactor thread); later calls are ignored."""
-        if self._done.is_set():
+        if self._settled:
             return
         self._outcome = outcome
-        self._done.set()
+        self._settled = True
+        if self._done is not None:
+            self._done.set()
         if self._deferred is not None:
             self._fire(self._deferred)
+
+    def _event(self) -> threading.Event:
+        with _EVENT_LOCK:
+            if self._done is None:
+                self._done = threading.Event()
+                if self._settled:  # settled before the Event existed: nothing would set it
+                    self._done.set()
+            return self._done
 
     def _fire(self, deferred: Deferred[dict[str, Any]]) -> None:
         if isinstance(self._outcome, Failure):
