@@ -27,6 +27,19 @@ class JobHandle:
     other thread.
     """
 
+    __slots__ = (
+        "_acceptance",
+        "_acceptance_waiters",
+        "_accepted_event",
+        "_cancel",
+        "_deferred",
+        "_done",
+        "_outcome",
+        "_settled",
+        "id",
+        "name",
+    )
+
     def __init__(self, job_id: str, name: str, cancel: Callable[[JobHandle], None]) -> None:
         self.id = job_id
         self.name = name
@@ -39,7 +52,7 @@ class JobHandle:
         self._deferred: Deferred[dict[str, Any]] | None = None
         #: True once kept, a Failure if refused, None while waiting to be kept.
         self._acceptance: Any = True
-        self._acceptance_waiters: list[Deferred[str]] = []
+        self._acceptance_waiters: list[Deferred[str]] | None = None
         self._accepted_event: threading.Event | None = None
 
     def __repr__(self) -> str:
@@ -69,6 +82,8 @@ class JobHandle:
         if isinstance(self._acceptance, Failure):
             return fail(self._acceptance)
         waiter: Deferred[str] = Deferred()
+        if self._acceptance_waiters is None:
+            self._acceptance_waiters = []
         self._acceptance_waiters.append(waiter)
         return waiter
 
@@ -103,7 +118,7 @@ class JobHandle:
         self._acceptance = failure if failure is not None else True
         if self._accepted_event is not None:
             self._accepted_event.set()
-        waiters, self._acceptance_waiters = self._acceptance_waiters, []
+        waiters, self._acceptance_waiters = self._acceptance_waiters or [], None
         for waiter in waiters:
             if failure is not None:
                 waiter.errback(failure)
