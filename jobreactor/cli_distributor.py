@@ -25,10 +25,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="jobs and outcomes a distributor keeps; retry or cancel through it",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser(
-        "waiting", parents=[common], help="jobs waiting in the distributor for a node"
-    )
-    actions.add_parser("running", parents=[common], help="jobs the distributor has placed on nodes")
+    for name, what in (
+        ("waiting", "jobs waiting in the distributor for a node, in the order they go"),
+        ("running", "jobs the distributor has placed on nodes"),
+    ):
+        listing = actions.add_parser(name, parents=[common], help=what)
+        listing.add_argument("--limit", type=int, default=100, help="at most this many rows")
     outcomes = actions.add_parser("outcomes", parents=[common], help="final outcomes, newest first")
     outcomes.add_argument(
         "--status",
@@ -78,11 +80,15 @@ async def run(args: argparse.Namespace, out: TextIO) -> None:
         if args.action in ("waiting", "running"):
             records = await ledger.jobs()
             wanted = [r for r in records if (r.get("node") is None) == (args.action == "waiting")]
-            rows = [_job_row(record) for record in wanted]
+            if args.action == "waiting":  # the order they are dispatched in
+                wanted.sort(key=lambda r: -int(r["job"].get("priority", 0)))
+            rows = [_job_row(record) for record in wanted[: max(args.limit, 0)]]
             if args.json:
                 _print_json(rows, out)
             else:
                 _print_table(["ID", "NAME", "NODE", "PRIORITY", "ORIGIN"], rows, out)
+                if len(wanted) > len(rows):
+                    print(f"... and {len(wanted) - len(rows)} more (--limit)", file=out)
         elif args.action == "outcomes":
             found = await ledger.outcomes(args.status, args.limit)
             if args.json:

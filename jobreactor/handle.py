@@ -12,7 +12,6 @@ from twisted.python.failure import Failure
 
 from jobreactor.errors import JobReactorError
 
-
 #: Guards making a handle's Event (two threads waiting on one handle must share it).
 _EVENT_LOCK = threading.Lock()
 

@@ -10,6 +10,8 @@ Keys, with ``P`` the URL's prefix (made here, and only here, by :class:`LedgerKe
 ``P:dist:pending``       set: outcomes whose handlers have to run.
 ``P:dist:unhandled``     set: outcomes whose handlers gave up.
 ``P:dist:undelivered``   set: outcomes not yet delivered to their remote origin.
+``P:dist:status:S``      sorted set per outcome status (done, failed, cancelled): job id
+                         scored by when it finished, so a listing reads only what it shows.
 
 Two distributors must not share a prefix (``?prefix=`` in the URL).
 """
@@ -47,12 +49,16 @@ class LedgerKeys:
                 "pending",
                 "unhandled",
                 "undelivered",
+                "status:done",
+                "status:failed",
+                "status:cancelled",
             )
         ]
 
 
 # KEYS: LedgerKeys.all(). ARGV[1]: the operations as a JSON list.
 WRITE_SCRIPT = """
+local STATUS_KEYS = {done = 9, failed = 10, cancelled = 11}
 local ops = cjson.decode(ARGV[1])
 for _, op in ipairs(ops) do
     local kind, id = op[1], op[2]
@@ -70,6 +76,8 @@ for _, op in ipairs(ops) do
     elseif kind == 'outcome' then
         redis.call('HSET', KEYS[4], id, op[3])
         redis.call('ZADD', KEYS[5], op[4], id)
+        local by_status = STATUS_KEYS[op[9]]
+        if by_status then redis.call('ZADD', KEYS[by_status], op[10], id) end
         if op[7] == 'pending' then redis.call('SADD', KEYS[6], id) end
         if op[7] == 'unhandled' then redis.call('SADD', KEYS[7], id) end
         if op[6] == 0 then redis.call('SADD', KEYS[8], id) end
@@ -96,6 +104,9 @@ for _, id in ipairs(ids) do
     redis.call('SREM', KEYS[6], id)
     redis.call('SREM', KEYS[7], id)
     redis.call('SREM', KEYS[8], id)
+    redis.call('ZREM', KEYS[9], id)
+    redis.call('ZREM', KEYS[10], id)
+    redis.call('ZREM', KEYS[11], id)
 end
 return #ids
 """
@@ -111,13 +122,14 @@ end
 return found
 """
 
-# KEYS: LedgerKeys.all(). ARGV: which set (index into KEYS) or 0 for all.
+# KEYS: LedgerKeys.all(). ARGV: which key (index into KEYS), whether it is a sorted set
+# (1: newest first, at most ARGV[3]) or a set (0: all its members).
 # Returns flat: data, handled state, delivered (1/0) per outcome.
 OUTCOMES_SCRIPT = """
 local ids
 local which = tonumber(ARGV[1])
-if which == 0 then
-    ids = redis.call('HKEYS', KEYS[4])
+if ARGV[2] == '1' then
+    ids = redis.call('ZREVRANGE', KEYS[which], 0, tonumber(ARGV[3]) - 1)
 else
     ids = redis.call('SMEMBERS', KEYS[which])
 end
@@ -136,7 +148,16 @@ end
 return found
 """
 
-_SETS = {"pending": 6, "unhandled": 7, "undelivered": 8}
+#: Where each selection of ``outcomes()`` reads: (key index, sorted by time).
+_SELECTIONS = {
+    "all": (5, True),
+    "pending": (6, False),
+    "unhandled": (7, False),
+    "undelivered": (8, False),
+    "done": (9, True),
+    "failed": (10, True),
+    "cancelled": (11, True),
+}
 
 
 @implementer(IDistributorStorage)
@@ -210,10 +231,12 @@ class RedisLedger:
         )
 
     def outcomes(self, which: str, limit: int) -> Deferred[list[Outcome]]:
-        index = _SETS.get(which, 0)
+        index, ordered = _SELECTIONS[which]
         found = self.server._call(
             f"listing {which} outcomes",
-            lambda redis: redis.eval(OUTCOMES_SCRIPT, self.keys, [index]),
+            lambda redis: redis.eval(
+                OUTCOMES_SCRIPT, self.keys, [index, int(ordered), max(limit, 1)]
+            ),
         )
 
         def decode(flat: list[Any]) -> list[Outcome]:
@@ -221,8 +244,6 @@ class RedisLedger:
                 outcome_from_row(flat[i], _text(flat[i + 1]), flat[i + 2])
                 for i in range(0, len(flat or []), 3)
             ]
-            if which in ("done", "failed", "cancelled"):
-                outcomes = [outcome for outcome in outcomes if outcome.status == which]
             oldest_first = which in ("pending", "undelivered")
             outcomes.sort(key=lambda outcome: outcome.finished_at, reverse=not oldest_first)
             return outcomes[:limit]

@@ -55,7 +55,7 @@ async def test_jr_lists_waiting_jobs_and_outcomes_and_cancels_and_retries(
     assert waiting.returncode == 0, waiting.stderr
     lines = waiting.stdout.splitlines()
     assert lines[0].split() == ["ID", "NAME", "NODE", "PRIORITY", "ORIGIN"]
-    assert [line.split()[0] for line in lines[1:]] == [first.id, second.id]
+    assert [line.split()[0] for line in lines[1:]] == [second.id, first.id]  # priority first
 
     cancelled = await jr("distributor", "cancel", first.id, "--distributor", endpoint)
     assert cancelled.returncode == 0, cancelled.stderr
