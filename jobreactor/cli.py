@@ -1,5 +1,7 @@
 """The ``jr`` command: look at and clean the jobs a node keeps in its storage.
 
+(``jr nodes`` and ``jr stats`` ask a running distributor instead: see :mod:`jobreactor.cli_live`.)
+
 ``jr --storage URL list NODE [--status S]``, ``show NODE ID``, ``destroy NODE ID``,
 ``destroy-all NODE [--yes]`` and ``counts``; ``--json`` prints JSON instead of a table.
 ``--storage`` and ``--json`` may come before or after the command.
@@ -22,6 +24,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from jobreactor import cli_distributor
+from jobreactor.cli_live import LIVE_COMMANDS, add_live_commands, run_live
 from jobreactor.errors import ConfigError, JobReactorError
 from jobreactor.model import Job, Status
 from jobreactor.monitor import Monitor, parse_status
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "counts", parents=[common], help="how many jobs each node has in each status"
     )
     cli_distributor.add_commands(commands, common)
+    add_live_commands(commands, common)
     return parser
 
 
@@ -113,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "distributor":
         return _react(_run_distributor(args))
+    if args.command in LIVE_COMMANDS:
+        return run_live(args)
     if not args.storage:
         parser.error("say which storage with --storage URL (or set JR_STORAGE)")
     try:

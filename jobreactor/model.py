@@ -261,6 +261,9 @@ class Report:
     attempt: int = 0
     #: The node is stopping and gives the job back unstarted: route it to another node.
     handed_back: bool = False
+    #: Seconds the attempt reported on ran, measured by the node (None: it did not run).
+    #: Older nodes leave it out; the distributor's statistics then have no duration.
+    duration: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -314,6 +317,11 @@ class Report:
             raise InvalidJobError(
                 f"report field 'handed_back' of job {job_id} must be true or false"
             )
+        duration = _optional_number(
+            data.get("duration"), f"report field 'duration' of job {job_id}"
+        )
+        if duration is not None and duration < 0:
+            raise InvalidJobError(f"report field 'duration' of job {job_id} must not be negative")
         return cls(
             job_id=job_id,
             run=run,
@@ -326,4 +334,5 @@ class Report:
             run_at=run_at,
             attempt=attempt,
             handed_back=handed_back,
+            duration=duration,
         )

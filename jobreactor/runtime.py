@@ -13,7 +13,7 @@ import atexit
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -38,6 +38,9 @@ from jobreactor.model import Job
 from jobreactor.node import Node
 from jobreactor.results import Outcome
 from jobreactor.storage import IJobStorage
+
+if TYPE_CHECKING:
+    from jobreactor.web import Dashboard
 
 
 def _listen_description(host_or_endpoint: str, port: int | None) -> str:
@@ -81,6 +84,8 @@ class JobReactor:
         self._stop_on_failure = False
         self._ran = False
         self.distributor: Distributor | None = None
+        #: The web dashboard of ``start_distributor(..., web=...)``, if one was asked for.
+        self.dashboard: Dashboard | None = None
         self.client: Client | None = None
         self.nodes_started: list[Node] = []
 
@@ -185,13 +190,17 @@ class JobReactor:
         port: int | None = 5000,
         *,
         storage: str | Any = "memory",
+        web: str | None = None,
     ) -> Deferred[Distributor]:
         """Start a distributor listening on ``host:port`` (or a server endpoint string).
 
         ``storage`` (``"memory"``, ``"sqlite:PATH"``, ``"redis://..."``) is where it keeps
         its id, the jobs it owns and their outcomes, so that a restart loses nothing it
-        acknowledged; see docs/durability.md. Call in the reactor thread (``setup`` runs
-        there). Fires once it listens (after reloading what its storage held).
+        acknowledged; see docs/durability.md. ``web`` (a server endpoint string such as
+        ``tcp:8080:interface=127.0.0.1``) also serves the live dashboard and ``/metrics``
+        there (see docs/dashboard.md); the dashboard is then ``JR.dashboard``. Call in the
+        reactor thread (``setup`` runs there). Fires once it listens (after reloading what
+        its storage held), and its dashboard too.
         """
         distributor = Distributor(
             _listen_description(host_or_endpoint, port),
@@ -201,6 +210,21 @@ class JobReactor:
         )
         distributor.startService()
         self.distributor = distributor
+        listening = distributor.when_listening()
+        if web is not None:
+            from jobreactor.web import Dashboard
+
+            dashboard = Dashboard(distributor, web, reactor=self.reactor)
+            dashboard.startService()
+            self.dashboard = dashboard
+            self.reactor.addSystemEventTrigger("before", "shutdown", dashboard.stopService)
+            both: Deferred[list[Any]] = defer.gatherResults(
+                [listening, dashboard.when_listening()],  # type: ignore[list-item]
+                consumeErrors=True,
+            )
+            listening = both.addCallbacks(
+                lambda _: distributor, lambda failure: failure.value.subFailure
+            )
 
         def cannot_listen(failure: Failure) -> Failure:
             if self.distributor is distributor:
@@ -208,7 +232,7 @@ class JobReactor:
             return failure
 
         self.reactor.addSystemEventTrigger("before", "shutdown", distributor.stopService)
-        return distributor.when_listening().addErrback(cannot_listen)
+        return listening.addErrback(cannot_listen)
 
     def start_node(
         self,

@@ -19,6 +19,7 @@ from jobreactor.results import load_handlers_directory
 from jobreactor.storage import SQLiteStorage
 from jobreactor.storage.ledger import open_ledger
 from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_text
+from jobreactor.web import Dashboard
 
 DEFAULT_LISTEN = "tcp:5000:interface=127.0.0.1"
 
@@ -29,14 +30,14 @@ class Options(DaemonOptions):
     table = "distributor"
     command = "jr-distributor"
     synopsis = (
-        "[--listen ENDPOINT] [--storage URL] [--handlers DIR] [--config FILE] "
-        "[--setting NAME=VALUE ...] [--log-format json|text]"
+        "[--listen ENDPOINT] [--storage URL] [--handlers DIR] [--web ENDPOINT] "
+        "[--config FILE] [--setting NAME=VALUE ...] [--log-format json|text]"
     )
     longdesc = (
         "Runs a standalone JobReactor distributor. Each option is taken from the command "
         "line, else from its environment variable (an empty one counts as unset), else from "
         "the [distributor] table of the --config file (keys: listen, storage, handlers, "
-        "log_format), else from "
+        "web, log_format), else from "
         "its default. Config settings (node_grace_period, heartbeat_timeout, ...) come from "
         "--setting NAME=VALUE, else JR_SETTING_<NAME>, else the [settings] table."
     )
@@ -63,10 +64,18 @@ class Options(DaemonOptions):
             "Directory of Python files whose @on_result functions handle outcomes "
             "(loaded at start, like a node's jobs directory). Env: JR_HANDLERS.",
         ],
+        [
+            "web",
+            None,
+            None,
+            "Server endpoint string of the web dashboard and /metrics, e.g. "
+            "tcp:8080:interface=127.0.0.1 (default: none; anyone reaching it can cancel jobs, "
+            "so keep it on loopback). Env: JR_WEB.",
+        ],
     ]
 
     def table_keys(self) -> tuple[str, ...]:
-        return ("listen", "storage", "handlers", "log_format")
+        return ("listen", "storage", "handlers", "web", "log_format")
 
     def postOptions(self) -> None:
         self.load_config_file()
@@ -94,6 +103,10 @@ class Options(DaemonOptions):
                 self["handlers_object"] = load_handlers_directory(handlers)
             except JobDefinitionError as error:
                 raise usage.UsageError(f"{handlers_source}: {error}") from None
+        web, web_source = self.pick("web", "JR_WEB", "web", as_text)
+        self["web"] = web or None
+        if self["web"] is not None:
+            check_server_endpoint(self["web"], web_source)
         self["config_object"] = config
 
 
@@ -121,19 +134,25 @@ class DaemonDistributor(ExitsCleanly):
     tell from a healthy daemon.
     """
 
-    def __init__(self, distributor: Distributor) -> None:
+    def __init__(self, distributor: Distributor, web: str | None = None) -> None:
         super().__init__(distributor)
         self.distributor = distributor
+        self.dashboard: Dashboard | None = None
+        if web is not None:
+            self.dashboard = Dashboard(distributor, web)
+            self.dashboard.setServiceParent(self)
 
     def startService(self) -> None:
         super().startService()
-        self.distributor.when_listening().addErrback(self._cannot_listen)
+        self.distributor.when_listening().addErrback(self._cannot_listen, self.distributor.listen)
+        if self.dashboard is not None:
+            self.dashboard.when_listening().addErrback(self._cannot_listen, self.dashboard.endpoint)
 
-    def _cannot_listen(self, failure: Failure) -> None:
+    def _cannot_listen(self, failure: Failure, endpoint: str | None) -> None:
         from twisted.internet import reactor
 
         if failure.check(CannotListenError):
-            message = f"jr-distributor: cannot listen on {self.distributor.listen}: {failure.value}"
+            message = f"jr-distributor: cannot listen on {endpoint}: {failure.value}"
         else:
             message = (
                 f"jr-distributor: cannot start with storage {self.distributor.storage}: "
@@ -154,7 +173,8 @@ def makeService(options: Options) -> service.IService:
             config=options["config_object"],
             storage=options["storage_object"],
             handlers=options["handlers_object"],
-        )
+        ),
+        web=options["web"],
     )
     observer = options.observer_for_twistd()
     return distributor if observer is None else WithLogObserver(distributor, observer)
