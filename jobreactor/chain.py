@@ -49,6 +49,19 @@ class AttemptOutcome:
     feedback: Literal["success", "error"]
     error: str | None = None
     error_type: str | None = None
+    #: The failing step's traceback text (its last ``TRACEBACK_CHARS``), for the dashboard.
+    traceback: str | None = None
+
+
+#: At most this many characters of a traceback travel in a report (the end: the raise).
+TRACEBACK_CHARS = 4000
+
+
+def _traceback_text(failure: Failure, timeout: float | None) -> str | None:
+    if timeout is not None and failure.check(defer.TimeoutError):
+        return None  # the traceback of the timer says nothing about the job
+    text = failure.getTraceback(detail="brief" if not failure.frames else "default")
+    return text[-TRACEBACK_CHARS:] if text else None
 
 
 def _merge(result: Any, args: Args) -> Args:
@@ -252,6 +265,7 @@ def run_attempt(
             _make_reportable(work_args)
             return AttemptOutcome("cancelled", work_args, "success")
         error, error_type = _describe(failure, timeout)
+        trace = _traceback_text(failure, timeout)
         errback_args = copy.deepcopy(start_args)
         errback_args.update(error=error, error_type=error_type)
         if job_itself is not None:
@@ -267,7 +281,7 @@ def run_attempt(
             _drop_itself(errback_args, job_itself)
             _make_reportable(errback_args)
             kind: Literal["error", "cancelled"] = "cancelled" if cancelled else "error"
-            return AttemptOutcome(kind, errback_args, "error", error, error_type)
+            return AttemptOutcome(kind, errback_args, "error", error, error_type, trace)
 
         def errbacks_broke(failure: Failure) -> AttemptOutcome:
             errback_args["errback_error"] = _describe(failure, None)[0]

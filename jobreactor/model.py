@@ -264,6 +264,8 @@ class Report:
     #: Seconds the attempt reported on ran, measured by the node (None: it did not run).
     #: Older nodes leave it out; the distributor's statistics then have no duration.
     duration: float | None = None
+    #: The traceback text of a failed attempt (the end of it), for people to read.
+    traceback: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
@@ -303,7 +305,7 @@ class Report:
             args = {}
         if not isinstance(args, dict):
             raise InvalidJobError(f"report field 'args' of job {job_id} must be an object")
-        for field in ("error", "error_type"):
+        for field in ("error", "error_type", "traceback"):
             if data.get(field) is not None and not isinstance(data[field], str):
                 raise InvalidJobError(f"report field {field!r} of job {job_id} must be a string")
         run_at = _optional_number(data.get("run_at"), f"report field 'run_at' of job {job_id}")
@@ -335,4 +337,5 @@ class Report:
             attempt=attempt,
             handed_back=handed_back,
             duration=duration,
+            traceback=data.get("traceback"),
         )

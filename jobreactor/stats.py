@@ -165,6 +165,8 @@ class FinishedJob:
     error_type: str | None
     #: Seconds its last attempt ran, as measured by the node (None if it never ran).
     duration: float | None
+    #: The traceback text of its last failed attempt, if the node sent one.
+    traceback: str | None = None
 
 
 ENQUEUED, DONE, FAILED = 0, 1, 2
@@ -247,6 +249,7 @@ class ClusterStats:
             error=report.error if report is not None else None,
             error_type=report.error_type if report is not None else None,
             duration=report.duration if report is not None else None,
+            traceback=report.traceback if report is not None else None,
         )
         _keep(self._finished, job.id, record, self.keep_finished)
         if status is Status.FAILED:

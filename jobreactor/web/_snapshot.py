@@ -192,6 +192,7 @@ def job_detail(distributor: ClusterView, job_id: str) -> dict[str, Any] | None:
             "duration": None,
             "error": job.last_error,
             "error_type": job.last_error_type,
+            "traceback": None,
         }
     record: FinishedJob | None = distributor.stats.finished_job(job_id)
     if record is None:
@@ -204,6 +205,7 @@ def job_detail(distributor: ClusterView, job_id: str) -> dict[str, Any] | None:
         "duration": record.duration,
         "error": record.error,
         "error_type": record.error_type,
+        "traceback": record.traceback,
     }
 
 

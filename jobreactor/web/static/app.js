@@ -234,6 +234,7 @@ function job(doc) {
   if (d.error || d.error_type) {
     body.push(h("h2", { style: "margin-top:14px" }, "Last error"),
       h("pre", { class: "error", id: "error" }, (d.error_type ? d.error_type + ": " : "") + (d.error || "")));
+    if (d.traceback) body.push(h("h2", { style: "margin-top:14px" }, "Traceback"), h("pre", { class: "error", id: "traceback" }, d.traceback));
   }
   const actions = h("div", { class: "actions" }, pendingNow ? cancelButton(r.id) : null,
     d.state === "failed" && s.can_retry ? retryButton(r.id) : null);
