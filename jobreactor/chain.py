@@ -49,8 +49,9 @@ class AttemptOutcome:
     feedback: Literal["success", "error"]
     error: str | None = None
     error_type: str | None = None
-    #: The failing step's traceback text (its last ``TRACEBACK_CHARS``), for the dashboard.
-    traceback: str | None = None
+    #: The failing step's traceback text (its last ``TRACEBACK_CHARS``), for the dashboard;
+    #: text for people, so outcomes compare equal without it.
+    traceback: str | None = attrs.field(default=None, eq=False)
 
 
 #: At most this many characters of a traceback travel in a report (the end: the raise).

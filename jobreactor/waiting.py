@@ -34,6 +34,10 @@ class WaitingLine(Generic[T]):
     def __contains__(self, item: object) -> bool:
         return any(item in line for line in self._levels.values())
 
+    def counts_by_priority(self) -> dict[int, int]:
+        """How many items wait at each priority level."""
+        return {level: len(line) for level, line in self._levels.items()}
+
     def append(self, item: T) -> None:
         self._levels.setdefault(self._priority_of(item), deque()).append(item)
         self._size += 1

@@ -111,6 +111,7 @@ class Dispatch:
         for entry in entries:
             entry.node = link.name
             self._keep_node(entry)
+            self.stats.sent(entry.job)
             if entry.job.run_at is None or entry.job.run_at <= later:
                 link.load.add(entry.job.id)  # it will take one of the node's slots
         for batch in in_boxes(entries, lambda entry: entry.size):

@@ -75,6 +75,7 @@ class OutcomeDesk:
                 )
                 return False
             entry.last_run = report.run
+        self.stats.reported(entry.job, report)
         if report.final:
             # args stay as enqueued: the stored outcome keeps them for a retry.
             entry.job = attrs.evolve(entry.job, status=report.status, run=report.run)
@@ -101,6 +102,7 @@ class OutcomeDesk:
 
     def _finish(self: Distributor, entry: _Entry, report: Report | None, outcome: Any) -> None:
         self._owned.pop(entry.job.id, None)
+        self.stats.finished(entry.job, report, entry.node)
         if entry.node is not None and entry.node in self._links:
             self._links[entry.node].load.discard(entry.job.id)
         if report is None:  # ended here (cancelled while waiting): tell the origin

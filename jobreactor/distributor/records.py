@@ -62,6 +62,8 @@ class NodeInfo:
     #: All unfinished jobs this distributor placed on the node.
     holding: int
     address: str
+    #: When the node was last heard from (clock seconds), for the dashboard.
+    last_heard: float | None = None
 
 
 @attrs.define(eq=False)

@@ -39,6 +39,7 @@ from jobreactor.distributor.records import (
     log_failure,
 )
 from jobreactor.distributor.sessions import DistributorProtocol, Sessions
+from jobreactor.distributor.views import ClusterViews
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, JobCancelled
 from jobreactor.handle import JobHandle
@@ -47,11 +48,12 @@ from jobreactor.protocol import (
     BadMessage,
 )
 from jobreactor.results import HandlerRegistry, default_handlers
+from jobreactor.stats import ClusterStats
 from jobreactor.storage.ledger import open_ledger
 from jobreactor.waiting import WaitingLine
 
 
-class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
+class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, service.Service):
     """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
 
     ``listen=None`` opens no port: nodes are then joined in memory (see
@@ -104,6 +106,8 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
         self._expiry_marks: deque[float] = deque()
         #: Fires once storage is open and what it held is loaded (listening comes after).
         self._loaded: Deferred[None] | None = None
+        #: Counters, histograms and rates for the dashboard, ``/metrics`` and ``jr stats``.
+        self.stats = ClusterStats(self._clock)
 
     # -- service life --------------------------------------------------------------
 
@@ -237,6 +241,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, service.Service):
         if self._ledger.durable:
             handle._awaiting_acceptance()
             self._ledger.written().addCallbacks(lambda _: handle._accepted(), handle._accepted)
+        self.stats.enqueued(job)
         self._queue_for(entry).append(entry)
         self._schedule_dispatch()
         return handle

@@ -174,6 +174,7 @@ class Sessions:
                 load=len(link.load),
                 holding=holding.get(link.name, 0),
                 address=str(link.protocol.transport.getPeer()) if link.protocol.transport else "",
+                last_heard=link.protocol._last_heard or None,
             )
             for link in self._links.values()
             if link.slots > 0

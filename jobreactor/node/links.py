@@ -260,6 +260,7 @@ class Links:
         args: dict[str, Any],
         error: str | None = None,
         error_type: str | None = None,
+        traceback: str | None = None,
     ) -> None:
         report = Report(
             job.id,
@@ -272,6 +273,8 @@ class Links:
             error_type,
             run_at=None if final else job.run_at,
             attempt=job.attempt,
+            duration=self._attempt_seconds.pop(job.id, None),
+            traceback=traceback,
         )
         link = self._links.get(job.distributor or "")
         if link is None:

@@ -61,6 +61,7 @@ class Running:
                 AttemptOutcome("error", args, "error", error, "NoSuchJob"), job.id, None
             )
             return
+        self._attempt_started[job.id] = self._clock.seconds()
         token = _current_node.set(self)
         try:
             attempt = run_attempt(
@@ -115,7 +116,10 @@ class Running:
     ) -> None:
         self._running.pop(job_id, None)
         self._starting.pop(job_id, None)
+        started = self._attempt_started.pop(job_id, None)
         job = self._jobs.get(job_id)
+        if started is not None and job is not None:
+            self._attempt_seconds[job_id] = max(0.0, self._clock.seconds() - started)
         if job is None:  # dropped meanwhile (given to another node): only free its slot
             self._cancelling.discard(job_id)
             self._handing_back.discard(job_id)
@@ -161,6 +165,7 @@ class Running:
                 outcome.args,
                 error=outcome.error,
                 error_type=outcome.error_type,
+                traceback=outcome.traceback,
             )
         else:
             failed = attrs.evolve(
@@ -204,6 +209,7 @@ class Running:
                     outcome.args,
                     error=outcome.error,
                     error_type=outcome.error_type,
+                    traceback=outcome.traceback,
                 )
 
     def _keep(self: Node, job: Job) -> None:
@@ -223,6 +229,7 @@ class Running:
         *,
         error: str | None = None,
         error_type: str | None = None,
+        traceback: str | None = None,
     ) -> None:
         self._forget(job.id)
         remove = {
@@ -236,4 +243,12 @@ class Running:
             else self.storage.save(self.node_name, job)
         )
         stored.addErrback(self._log_failure, "storing the end of job {job_id}", job_id=job.id)
-        self._report(job, feedback, final=True, args=args, error=error, error_type=error_type)
+        self._report(
+            job,
+            feedback,
+            final=True,
+            args=args,
+            error=error,
+            error_type=error_type,
+            traceback=traceback,
+        )

@@ -131,6 +131,7 @@ class Scheduling:
     def _hand_back(self: Node, job: Job) -> None:
         """Give an unstarted job back to its distributor (this node is stopping)."""
         self._forget(job.id)
+        self._attempt_seconds.pop(job.id, None)
         self.storage.remove(self.node_name, job.id).addErrback(
             self._log_failure, "removing job {job_id}", job_id=job.id
         )

@@ -127,6 +127,10 @@ class Node(Links, Scheduling, Running, service.MultiService):
         self._drained: Deferred[None] | None = None
         self._handing_back: set[str] = set()
         self._starting: dict[str, Deferred[Any]] = {}
+        #: When each running attempt started, then (once it ended) how long it ran: the
+        #: ``duration`` of the attempt's report.
+        self._attempt_started: dict[str, float] = {}
+        self._attempt_seconds: dict[str, float] = {}
         self._ready_call: IDelayedCall | None = None
         #: Jobs being stored before RunJobs is answered, and cancels that came meanwhile.
         self._accepting: set[str] = set()
