@@ -20,7 +20,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, readBody
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
 from twisted.web.http_headers import Headers
 
 #: The commands this module adds to ``jr``.
@@ -42,6 +44,30 @@ def add_live_commands(commands: Any, common: argparse.ArgumentParser) -> None:
             default=os.environ.get("JR_WEB"),
             help="the distributor's dashboard URL, e.g. http://127.0.0.1:8080 (default: $JR_WEB)",
         )
+
+
+class _Collect(Protocol):
+    """Gathers a response body (``readBody`` warns on the proxied transports Agent uses)."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done = done
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def read_body(response: Any) -> Deferred[bytes]:
+    """The whole body of an Agent ``response``."""
+    done: Deferred[bytes] = Deferred()
+    response.deliverBody(_Collect(done))
+    return done
 
 
 class LiveError(Exception):
@@ -108,7 +134,7 @@ async def _get_json(reactor: Any, url: str, authorization: bytes | None) -> Any:
         requested = Agent(reactor).request(b"GET", url.encode("utf-8"), headers)
         requested.addTimeout(TIMEOUT, reactor)
         response = await requested
-        body = await readBody(response)
+        body = await read_body(response)
     except Exception as error:
         reason = str(error) or type(error).__name__
         raise LiveError(f"cannot reach the distributor at {shown}: {reason}") from None
