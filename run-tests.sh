@@ -2,7 +2,7 @@
 # Lint, type-check and the whole test suite (unit and integration). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/bootstrap.sh --redis
+bash scripts/bootstrap.sh --redis --chromium
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

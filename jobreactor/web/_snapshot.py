@@ -7,11 +7,14 @@ Each function reads the distributor's live state (reactor thread only) and its
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from jobreactor.model import Job
 from jobreactor.stats import DONE, ENQUEUED, FAILED, ClusterStats, FinishedJob
 
+#: Seconds over which the summary's jobs per second are averaged.
+RATE_WINDOW = 10
 #: At most this many rows in a pushed list (failed jobs, delayed jobs); the count is exact.
 LIST_LIMIT = 200
 
@@ -44,11 +47,20 @@ def can_retry(distributor: Any) -> bool:
     return callable(getattr(distributor, "retry", None))
 
 
+def _host_port(address: str) -> str:
+    """``host:port`` out of Twisted's ``IPv4Address(type='TCP', host='…', port=…)`` text."""
+    found = re.search(r"host='([^']*)', port=(\d+)", address)
+    if found is None:
+        return address
+    host, port = found.groups()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def node_rows(distributor: ClusterView) -> list[dict[str, Any]]:
     return [
         {
             "name": node.name,
-            "address": node.address,
+            "address": _host_port(node.address),
             "slots": node.slots,
             "load": node.load,
             "held": node.holding,
@@ -72,9 +84,9 @@ def summary(distributor: ClusterView, now: float) -> dict[str, Any]:
         "pending": distributor.pending,
         "totals": stats.totals(),
         "per_second": {
-            "enqueued": stats.rates.per_second(ENQUEUED, now),
-            "done": stats.rates.per_second(DONE, now),
-            "failed": stats.rates.per_second(FAILED, now),
+            "enqueued": stats.rates.per_second(ENQUEUED, now, RATE_WINDOW),
+            "done": stats.rates.per_second(DONE, now, RATE_WINDOW),
+            "failed": stats.rates.per_second(FAILED, now, RATE_WINDOW),
         },
         "can_retry": can_retry(distributor),
     }

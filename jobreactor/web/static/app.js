@@ -13,6 +13,8 @@ function h(tag, attrs, ...children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    // Through the CSSOM: the page's Content-Security-Policy forbids style attributes.
+    else if (key === "style") for (const [name, v] of Object.entries(value)) el.style.setProperty(name, v);
     else el.setAttribute(key, value === true ? "" : value);
   }
   for (const child of children.flat()) {
@@ -76,7 +78,10 @@ function clock(t) {
   if (t === null || t === undefined) return "–";
   return new Date(t * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
 }
-function jobLink(id) { return h("a", { href: "#/job/" + encodeURIComponent(id), class: "mono" }, id); }
+function jobLink(id) {
+  const shown = id.length > 13 ? id.slice(0, 8) + "…" : id; // uuids: the start is enough to tell apart
+  return h("a", { href: "#/job/" + encodeURIComponent(id), class: "mono", title: id, "data-job": id }, shown);
+}
 function state(text) { return h("span", { class: "state " + String(text).replace(/\s/g, "-") }, text); }
 function table(headers, rows, empty) {
   if (!rows.length) return h("div", { class: "empty" }, empty);
@@ -154,12 +159,12 @@ function overview(doc) {
   const canvas = h("canvas", { id: "rates" });
   const chart = panel("Jobs per second, last " + Math.round(doc.rates.seconds / 60) + " minutes", null,
     h("div", { class: "legend" },
-      h("span", { style: "--c: var(--enqueued)" }, "enqueued"), h("span", { style: "--c: var(--done)" }, "done"),
-      h("span", { style: "--c: var(--failed)" }, "failed")), canvas);
+      h("span", { style: { "--c": "var(--enqueued)" } }, "enqueued"), h("span", { style: { "--c": "var(--done)" } }, "done"),
+      h("span", { style: { "--c": "var(--failed)" } }, "failed")), canvas);
   const nodes = panel("Nodes", doc.nodes.length, table(
     [["Name"], ["Address"], ["Slots", "num"], ["Load", "num"], ["Held", "num"], ["Last heard"]],
     doc.nodes.map((n) => [h("b", {}, n.name), h("span", { class: "mono" }, n.address), num(n.slots),
-      h("span", {}, h("span", { class: "bar", style: `width:${Math.round(40 * n.load / Math.max(1, n.slots))}px` }), " ", num(n.load)),
+      h("span", {}, h("span", { class: "bar", style: { width: Math.round(40 * n.load / Math.max(1, n.slots)) + "px" } }), " ", num(n.load)),
       num(n.held), ago(n.last_heard, s.now)]),
     "No node is connected."));
   nodes.id = "nodes";
@@ -230,11 +235,11 @@ function job(doc) {
     ["Finished", d.finished_at === null ? "–" : clock(d.finished_at)], ["Duration", seconds(d.duration)],
   ];
   const body = [h("dl", { class: "fields" }, fields.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
-  body.push(h("h2", { style: "margin-top:14px" }, "Args"), h("pre", { id: "args" }, JSON.stringify(r.args, null, 2)));
+  body.push(h("h2", { class: "sub" }, "Args"), h("pre", { id: "args" }, JSON.stringify(r.args, null, 2)));
   if (d.error || d.error_type) {
-    body.push(h("h2", { style: "margin-top:14px" }, "Last error"),
+    body.push(h("h2", { class: "sub" }, "Last error"),
       h("pre", { class: "error", id: "error" }, (d.error_type ? d.error_type + ": " : "") + (d.error || "")));
-    if (d.traceback) body.push(h("h2", { style: "margin-top:14px" }, "Traceback"), h("pre", { class: "error", id: "traceback" }, d.traceback));
+    if (d.traceback) body.push(h("h2", { class: "sub" }, "Traceback"), h("pre", { class: "error", id: "traceback" }, d.traceback));
   }
   const actions = h("div", { class: "actions" }, pendingNow ? cancelButton(r.id) : null,
     d.state === "failed" && s.can_retry ? retryButton(r.id) : null);
