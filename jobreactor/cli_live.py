@@ -46,6 +46,9 @@ def add_live_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         )
 
 
+_RESPONSE_DONE = Failure(ResponseDone())
+
+
 class _Collect(Protocol):
     """Gathers a response body (``readBody`` warns on the proxied transports Agent uses)."""
 
@@ -56,7 +59,7 @@ class _Collect(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.parts.append(data)
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
         if reason.check(ResponseDone):
             self.done.callback(b"".join(self.parts))
         else:

@@ -1,4 +1,4 @@
-"""The dashboard over real TCP: JSON API, /metrics, actions, basic auth, ``jr nodes``/``jr stats``."""
+"""The dashboard over real TCP: JSON API, /metrics, actions, basic auth, jr nodes / jr stats."""
 
 from __future__ import annotations
 
@@ -91,8 +91,9 @@ async def test_nodes_metrics_and_failed_job_of_a_real_cluster(
     assert code == 200
     samples = metric_samples(body.decode())
     assert samples[("jobreactor_jobs_enqueued_total", (("name", "my_job"),))] == 8
-    assert samples[("jobreactor_jobs_finished_total", (("name", "my_job"), ("status", "done")))] == 8
-    assert samples[("jobreactor_jobs_finished_total", (("name", "failing"), ("status", "failed")))] == 1
+    finished = "jobreactor_jobs_finished_total"
+    assert samples[(finished, (("name", "my_job"), ("status", "done")))] == 8
+    assert samples[(finished, (("name", "failing"), ("status", "failed")))] == 1
     assert samples[("jobreactor_job_retries_total", (("name", "failing"),))] == 1
     # Durations come from the nodes: one per attempt.
     assert samples[("jobreactor_job_duration_seconds_count", (("name", "my_job"),))] == 8
@@ -226,7 +227,9 @@ def _tick() -> defer.Deferred[None]:
 def test_jr_stats_says_when_no_distributor_answers() -> None:
     result = jr("stats", "--web", "http://127.0.0.1:9")
     assert result.returncode == 1
-    assert result.stderr.startswith("jr: error: cannot reach the distributor at http://127.0.0.1:9/")
+    assert result.stderr.startswith(
+        "jr: error: cannot reach the distributor at http://127.0.0.1:9/"
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     result = jr("nodes")
     assert result.returncode == 2 and "--web URL" in result.stderr

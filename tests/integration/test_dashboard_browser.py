@@ -6,8 +6,9 @@ The page is loaded once; everything after that arrives over its Server-Sent Even
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -66,8 +67,9 @@ async def test_overview_job_pages_and_cancel_in_a_real_browser(
     for n in range(6):
         distributor.enqueue("my_job", {"n": n})
 
-    def call(function: object, *args: object) -> defer.Deferred[object]:
-        return bounded(deferToThread(function, *args), 30)  # type: ignore[arg-type]
+    def call(function: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        result: defer.Deferred[Any] = bounded(deferToThread(function, *args), 30)
+        return result
 
     await call(browser.goto, dashboard.url)
     await call(
@@ -109,9 +111,8 @@ async def test_overview_job_pages_and_cancel_in_a_real_browser(
         "the stuck job",
     )
     await call(browser.screenshot, tmp_path / "overview.png")
-    await call(
-        browser.evaluate, "document.querySelector('#waiting-jobs button[data-action=cancel]').click()"
-    )
+    cancel_button = "document.querySelector('#waiting-jobs button[data-action=cancel]')"
+    await call(browser.evaluate, cancel_button + ".click()")
     await bounded(stuck.deferred, 10)
     assert stuck_outcome == [JobCancelled]
     await call(
