@@ -194,9 +194,9 @@ def test_distributor_help_documents_every_option() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    for option in ("listen", "config", "log-format", "setting"):
+    for option in ("listen", "web", "config", "log-format", "setting"):
         assert f"--{option}=" in result.stdout, option
-    for variable in ("JR_LISTEN", "JR_CONFIG", "JR_LOG_FORMAT", "JR_SETTING_"):
+    for variable in ("JR_LISTEN", "JR_WEB", "JR_CONFIG", "JR_LOG_FORMAT", "JR_SETTING_"):
         assert variable in result.stdout, variable
 
 
@@ -495,6 +495,8 @@ BAD_INPUT = [
      "--listen: 'tcp:fivethousand' is not a server endpoint string"),
     ("listen-env", ["jr-distributor"], {"JR_LISTEN": "http:80"}, {},
      "JR_LISTEN: 'http:80' is not a server endpoint string"),
+    ("web", ["jr-distributor", "--web", "tcp:eighty"], {}, {},
+     "--web: 'tcp:eighty' is not a server endpoint string"),
     ("distributor-setting", ["jr-distributor", "--setting", "hello_timeout=0"], {}, {},
      "hello_timeout must be at least 0.001"),
     ("distributor-config", ["jr-distributor", "--config", "c.toml"], {},
