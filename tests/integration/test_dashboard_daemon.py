@@ -11,7 +11,8 @@ from functools import partial
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from .test_daemons import TWISTD, Daemons, accepts, clean_env, daemons, free_port, stop, wait_until
+from .conftest import TWISTD
+from .test_daemons import Daemons, accepts, clean_env, daemons, free_port, stop, wait_until
 
 __all__ = ["daemons"]  # the fixture, used by name
 
