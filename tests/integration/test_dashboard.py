@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +234,15 @@ def test_jr_stats_says_when_no_distributor_answers() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     result = jr("nodes")
     assert result.returncode == 2 and "--web URL" in result.stderr
+
+
+def test_jr_start_distributor_with_web_serves_the_dashboard() -> None:
+    app = Path(__file__).with_name("apps") / "web_app.py"
+    finished = subprocess.run(
+        [sys.executable, str(app)], env=node_env(), capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 0, finished.stderr
+    stats = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert stats["nodes"] == 0
+    assert stats["totals"]["enqueued"] == 1 and stats["totals"]["cancelled"] == 1
+    assert [row["name"] for row in stats["names"]] == ["nobody_runs_this"]
