@@ -14,7 +14,7 @@ from jobreactor.web._live import PUSH_INTERVAL, LiveUpdates
 def open_page(live: LiveUpdates, view: bytes = b"overview") -> DummyRequest:
     request = DummyRequest([b"events"])
     request.args = {b"view": [view]}
-    assert live.render_GET(request) is NOT_DONE_YET
+    assert live.render_GET(request) is NOT_DONE_YET  # type: ignore[arg-type]
     return request
 
 
@@ -62,7 +62,7 @@ def test_an_unknown_view_is_a_clear_400() -> None:
     live = LiveUpdates(lambda view, argument: "{}", Clock())
     request = DummyRequest([b"events"])
     request.args = {b"view": [b"everything"]}
-    body = live.render_GET(request)
+    body = live.render_GET(request)  # type: ignore[arg-type]
     assert request.responseCode == 400
     assert body == b"unknown view 'everything'; one of: overview, names, failed, delayed, job\n"
     assert live.subscribers == 0
