@@ -5,6 +5,7 @@ Each is a plain snapshot in the reactor thread: nothing here changes a job.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import TYPE_CHECKING, cast
 
 from jobreactor.model import Job
@@ -24,6 +25,14 @@ class ClusterViews:
         for priority, count in distributor._future.counts_by_priority().items():
             counts[priority] = counts.get(priority, 0) + count
         return sorted(counts.items(), reverse=True)
+
+    def waiting_jobs(self, limit: int) -> list[Job]:
+        """The first ``limit`` jobs waiting here, in the order they will go (O(limit))."""
+        distributor = cast("Distributor", self)
+        jobs = [entry.job for entry in islice(distributor._waiting, limit)]
+        if len(jobs) < limit:
+            jobs.extend(entry.job for entry in islice(distributor._future, limit - len(jobs)))
+        return jobs
 
     def owned_jobs(self) -> list[tuple[Job, str | None]]:
         """Every job owned here with the node holding it (None: waiting here)."""

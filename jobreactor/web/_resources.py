@@ -230,9 +230,13 @@ def build_tree(
 
     def render_view(view: str, argument: str | None) -> str:
         now = clock.seconds()
-        document: dict[str, Any] = {"view": view, "summary": snapshot.summary(distributor, now)}
+        nodes = distributor.nodes()  # O(pending jobs): once per push, shared
+        document: dict[str, Any] = {
+            "view": view,
+            "summary": snapshot.summary(distributor, now, nodes),
+        }
         if view == "overview":
-            document.update(snapshot.overview(distributor, now))
+            document.update(snapshot.overview(distributor, now, nodes))
         elif view == "names":
             document.update(snapshot.names(distributor))
         elif view == "failed":

@@ -37,6 +37,8 @@ class ClusterView(Protocol):
 
     def owned_jobs(self) -> list[tuple[Job, str | None]]: ...
 
+    def waiting_jobs(self, limit: int) -> list[Job]: ...
+
     def owned_job(self, job_id: str) -> tuple[Job, str | None] | None: ...
 
     def cancel_ids(self, job_ids: list[str]) -> list[str]: ...
@@ -56,7 +58,8 @@ def _host_port(address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def node_rows(distributor: ClusterView) -> list[dict[str, Any]]:
+def node_rows(distributor: ClusterView, nodes: list[Any] | None = None) -> list[dict[str, Any]]:
+    """One row per connected node (``nodes``: :meth:`nodes` if the caller has it already)."""
     return [
         {
             "name": node.name,
@@ -66,14 +69,16 @@ def node_rows(distributor: ClusterView) -> list[dict[str, Any]]:
             "held": node.holding,
             "last_heard": getattr(node, "last_heard", None),
         }
-        for node in sorted(distributor.nodes(), key=lambda node: node.name)
+        for node in sorted(
+            distributor.nodes() if nodes is None else nodes, key=lambda node: node.name
+        )
     ]
 
 
-def summary(distributor: ClusterView, now: float) -> dict[str, Any]:
+def summary(distributor: ClusterView, now: float, nodes: list[Any] | None = None) -> dict[str, Any]:
     """The figures every page's header shows, and what ``jr stats`` prints."""
     stats = distributor.stats
-    nodes = distributor.nodes()
+    nodes = distributor.nodes() if nodes is None else nodes
     return {
         "distributor": distributor.id,
         "now": now,
@@ -96,21 +101,13 @@ def summary(distributor: ClusterView, now: float) -> dict[str, Any]:
 OVERVIEW_ROWS = 15
 
 
-def overview(distributor: ClusterView, now: float) -> dict[str, Any]:
-    waiting_jobs = []
-    if distributor.waiting:
-        for job, node in distributor.owned_jobs():
-            if node is None:
-                waiting_jobs.append(
-                    {
-                        "id": job.id,
-                        "name": job.name,
-                        "priority": job.priority,
-                        "enqueued_at": job.enqueued_at,
-                    }
-                )
-                if len(waiting_jobs) >= OVERVIEW_ROWS:
-                    break
+def overview(
+    distributor: ClusterView, now: float, nodes: list[Any] | None = None
+) -> dict[str, Any]:
+    waiting_jobs = [
+        {"id": job.id, "name": job.name, "priority": job.priority, "enqueued_at": job.enqueued_at}
+        for job in distributor.waiting_jobs(OVERVIEW_ROWS)
+    ]
     recent = [
         {
             "id": record.job.id,
@@ -125,7 +122,7 @@ def overview(distributor: ClusterView, now: float) -> dict[str, Any]:
     return {
         "waiting_jobs": waiting_jobs,
         "recent": recent,
-        "nodes": node_rows(distributor),
+        "nodes": node_rows(distributor, nodes),
         "waiting_by_priority": [
             {"priority": priority, "count": count}
             for priority, count in distributor.waiting_by_priority()
