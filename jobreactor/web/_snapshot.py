@@ -157,7 +157,7 @@ def failed(distributor: ClusterView, name: str | None = None) -> dict[str, Any]:
                     "finished_at": record.finished_at,
                     "error_type": record.error_type,
                     "error": _first_line(record.error),
-                    "attempt": record.job.attempt,
+                    "attempt": record.attempt,
                 }
             )
     return {"failed": rows, "count": count}
@@ -202,6 +202,7 @@ def job_detail(distributor: ClusterView, job_id: str) -> dict[str, Any] | None:
             "error": job.last_error,
             "error_type": job.last_error_type,
             "traceback": None,
+            "attempt": job.attempt,
         }
     record: FinishedJob | None = distributor.stats.finished_job(job_id)
     if record is None:
@@ -215,6 +216,7 @@ def job_detail(distributor: ClusterView, job_id: str) -> dict[str, Any] | None:
         "error": record.error,
         "error_type": record.error_type,
         "traceback": record.traceback,
+        "attempt": record.attempt,
     }
 
 

@@ -100,6 +100,8 @@ async def test_overview_job_pages_and_cancel_in_a_real_browser(
     await call(browser.evaluate, f"location.hash = '#/job/{failing.id}'")
     error = await call(browser.wait_for, text_of("#error"), "the failed job's error")
     assert error == "ValueError: broken 7"
+    page = await call(browser.evaluate, text_of("main"))
+    assert "Attempt\n2\n" in page and "Node\nworker_" in page and "[object" not in page
     traceback = await call(browser.evaluate, text_of("#traceback"))
     assert 'raise ValueError("broken " + str(args.get("n")))' in str(traceback)
 

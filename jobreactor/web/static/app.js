@@ -17,7 +17,7 @@ function h(tag, attrs, ...children) {
     else if (key === "style") for (const [name, v] of Object.entries(value)) el.style.setProperty(name, v);
     else el.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -229,7 +229,7 @@ function job(doc) {
   const pendingNow = d.state === "waiting" || d.state === "on node";
   const fields = [
     ["Name", h("b", {}, r.name)], ["State", state(d.state)], ["Node", d.node || "–"],
-    ["Attempt", r.attempt + (r.max_attempt ? " of " + r.max_attempt : "")], ["Run", r.run], ["Priority", r.priority],
+    ["Attempt", d.attempt + (r.max_attempt ? " of " + r.max_attempt : "")], ["Run", r.run], ["Priority", r.priority],
     ["Enqueued", clock(r.enqueued_at) + " (" + ago(r.enqueued_at, s.now) + ")"],
     ["Run at", r.run_at === null ? "–" : clock(r.run_at)], ["Period", r.period === null ? "–" : seconds(r.period)],
     ["Finished", d.finished_at === null ? "–" : clock(d.finished_at)], ["Duration", seconds(d.duration)],
