@@ -143,7 +143,7 @@ function drawChart(canvas, rates) {
   for (const frac of [0, 0.5, 1]) {
     const v = max * frac;
     g.beginPath(); g.moveTo(pad.l, y(v)); g.lineTo(width - pad.r, y(v)); g.stroke();
-    g.fillText(v >= 100 ? Math.round(v) : v.toFixed(v < 10 ? 1 : 0), 4, y(v) + 4);
+    g.fillText(v === 0 ? "0" : v >= 100 ? String(Math.round(v)) : v.toFixed(v < 10 ? 1 : 0), 4, y(v) + 4);
   }
   g.fillText("−" + Math.round(n / 60) + " min", pad.l, height - 5);
   g.fillText("now", width - pad.r - 22, height - 5);
