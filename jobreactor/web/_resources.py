@@ -175,7 +175,12 @@ def _retry(request: Request, distributor: Any, job_ids: list[str]) -> Any:
             if not ok and isinstance(value, Failure)
         }
         if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
-            request.write(_json(request, {"retried": retried, "errors": errors}))
+            body = {"retried": retried, "errors": errors}
+            if errors and not retried:  # nothing happened: say why, as the error
+                body["error"] = next(iter(errors.values()))
+                request.write(_json(request, body, 409))
+            else:
+                request.write(_json(request, body))
             request.finish()
 
     DeferredList(results, consumeErrors=True).addCallback(answer).addErrback(

@@ -141,17 +141,39 @@ async def test_cancel_needs_the_action_header_and_cancels_a_waiting_job(
 
 
 @pytest_twisted.ensureDeferred
-async def test_retry_calls_the_distributors_retry_only_when_it_has_one(
+async def test_retry_runs_a_failed_job_again_through_the_distributors_retry(
+    distributor: Distributor, nodes: NodeProcesses, dashboard: Dashboard
+) -> None:
+    nodes.start("worker_1", port_of(distributor), slots=2)
+    await bounded(distributor.when_nodes(names=["worker_1"]))
+    action = {b"X-JR-Action": b"1"}
+    code, body = await fetch(f"{dashboard.url}api/jobs/no-such-job/retry", b"POST", action)
+    assert code == 409 and "no stored outcome" in json.loads(body)["error"]
+    failing = distributor.enqueue("failing", {"n": 3})
+    with pytest.raises(JobFailed):
+        await bounded(failing.deferred)
+    code, body = await fetch(f"{dashboard.url}api/names/failing/retry-failed", b"POST", action)
+    assert code == 200 and json.loads(body) == {"retried": [failing.id], "errors": {}}
+    code, body = await fetch(f"{dashboard.url}api/jobs/{failing.id}")
+    assert json.loads(body)["state"] in ("waiting", "on node", "failed")
+    for _ in range(100):  # it runs (and fails) again: two more attempts
+        if distributor.stats.finished_by_name.get(("failing", "failed")) == 2:
+            break
+        await bounded(_tick())
+    assert distributor.stats.finished_by_name[("failing", "failed")] == 2
+    assert distributor.stats.enqueued_by_name["failing"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_is_refused_when_the_distributor_cannot_retry(
     distributor: Distributor, dashboard: Dashboard
 ) -> None:
+    distributor.retry = None  # type: ignore[assignment,method-assign]
     action = {b"X-JR-Action": b"1"}
     code, body = await fetch(f"{dashboard.url}api/jobs/some-id/retry", b"POST", action)
     assert code == 501 and b"cannot retry" in body
-    retried: list[str] = []
-    distributor.retry = retried.append  # type: ignore[attr-defined]
-    code, body = await fetch(f"{dashboard.url}api/jobs/some-id/retry", b"POST", action)
-    assert code == 200 and json.loads(body) == {"retried": ["some-id"], "errors": {}}
-    assert retried == ["some-id"]
+    code, body = await fetch(f"{dashboard.url}api/stats")
+    assert json.loads(body)["can_retry"] is False
 
 
 @pytest_twisted.ensureDeferred
