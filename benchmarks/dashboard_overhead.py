@@ -4,7 +4,7 @@ Run by hand from the repository root (see ``benchmarks/README.md``)::
 
     .venv/bin/python benchmarks/dashboard_overhead.py [--jobs 10000] [--rounds 3] [--slots 200]
 
-Three measurements:
+Four measurements:
 
 end to end
     The set-up of ``throughput.py`` (this process's distributor, one ``twistd jr-node``
@@ -15,6 +15,9 @@ end to end
 statistics hooks
     The time one job spends in the four ``ClusterStats`` hooks (counted whether or not a
     page is open), and what that is at 10,000 jobs/s.
+in-memory cluster
+    CPU time (``process_time``, so less sensitive to other load on the machine) per no-op job
+    through an in-memory distributor and node, with the statistics hooks and without.
 push cost
     The time to build and send one overview snapshot while the distributor owns ``--held``
     jobs, and what that is as a share of one core at the push rate (4 per second): the
@@ -156,23 +159,68 @@ def hook_cost() -> None:
     reports = [
         Report(job.id, 1, Status.COMPLETE, "success", True, {}, duration=0.002) for job in jobs
     ]
-    started = time.perf_counter()
+    started = time.process_time()
     for job, report in zip(jobs, reports, strict=True):
         clock.now += 0.0001
         stats.enqueued(job)
         stats.sent(job)
         stats.reported(job, report)
         stats.finished(job, report, "node")
-    per_job = (time.perf_counter() - started) / len(jobs)
+    per_job = (time.process_time() - started) / len(jobs)
     print(
         f"statistics hooks: {per_job * 1e6:.2f} µs per job = {per_job * 10000 * 100:.1f} % "
         "of one core at 10,000 jobs/s"
     )
 
 
+def in_memory(jobs: int = 10000, rounds: int = 3) -> None:
+    """CPU time per job of an in-memory cluster (distributor and node, one process), with the
+    statistics hooks and with them replaced by no-ops: what counting costs the distributor."""
+    from jobreactor import JobRegistry, job
+    from jobreactor.definitions import registering_into
+    from jobreactor.testing import LocalCluster
+
+    registry = JobRegistry()
+    with registering_into(registry):
+
+        @job("noop")
+        def noop(args: dict[str, Any]) -> None:
+            return None
+
+    class NoStats:
+        def __getattr__(self, name: str) -> Any:
+            return lambda *arguments, **keywords: None
+
+    def per_job(counting: bool) -> float:
+        cluster = LocalCluster(registry)
+        cluster.add_node("worker", slots=200)
+        cluster.run()
+        if not counting:
+            cluster.distributor.stats = NoStats()  # type: ignore[assignment]
+        started = time.process_time()
+        for _ in range(jobs):
+            cluster.distributor.enqueue("noop", {})
+        cluster.run()
+        seconds = time.process_time() - started
+        assert cluster.distributor.pending == 0
+        cluster.stop()
+        return seconds / jobs
+
+    with_hooks, without = [], []
+    for _ in range(rounds):
+        with_hooks.append(per_job(True))
+        without.append(per_job(False))
+    on, off = statistics.median(with_hooks), statistics.median(without)
+    print(
+        f"in-memory cluster, CPU per job: {on * 1e6:.1f} µs counting, {off * 1e6:.1f} µs not: "
+        f"{100 * (on - off) / off:+.1f} %"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_arguments(argv)
     hook_cost()
+    in_memory()
     push_cost(options)
 
     def start(reactor: Any) -> Deferred[None]:
