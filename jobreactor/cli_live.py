@@ -3,8 +3,9 @@ cluster is doing.
 
 ``jr nodes --web http://127.0.0.1:8080`` prints the connected nodes; ``jr stats`` the
 totals, rates and per-name figures; ``--json`` prints the distributor's JSON as it is, for
-scripts. The URL may also come from ``JR_WEB``; credentials go in it
-(``http://user:password@host:port``) when the dashboard requires them. Exit status: 0 done,
+scripts. The URL may also come from ``JR_WEB_URL`` (not ``JR_WEB``: that is the daemon's
+endpoint string); credentials go in it (``http://user:password@host:port``) when the
+dashboard requires them. Exit status: 0 done,
 1 the distributor could not be reached or refused, 2 the command line is wrong.
 """
 
@@ -41,8 +42,9 @@ def add_live_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--web",
             metavar="URL",
-            default=os.environ.get("JR_WEB"),
-            help="the distributor's dashboard URL, e.g. http://127.0.0.1:8080 (default: $JR_WEB)",
+            default=os.environ.get("JR_WEB_URL"),
+            help="the distributor's dashboard URL, e.g. http://127.0.0.1:8080 "
+            "(default: $JR_WEB_URL)",
         )
 
 
@@ -81,7 +83,8 @@ def run_live(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``jr nodes`` or ``jr stats``; returns the exit status."""
     out = out if out is not None else sys.stdout
     if not args.web:
-        print("jr: error: say which distributor with --web URL (or set JR_WEB)", file=sys.stderr)
+        message = "say which distributor with --web URL (or set JR_WEB_URL)"
+        print(f"jr: error: {message}", file=sys.stderr)
         return 2
     try:
         url, authorization = _split_credentials(args.web)
