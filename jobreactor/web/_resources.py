@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,24 +94,79 @@ class _Json(Resource):
         return _json(request, self._build())
 
 
+class StoredJobs:
+    """Job pages for jobs the distributor only has in its storage (``distributor.outcome``).
+
+    The live stream builds its documents synchronously, so a look-up starts on the first
+    request for a job and its answer is kept (for the last ``KEEP`` jobs asked about).
+    """
+
+    KEEP = 100
+
+    def __init__(self, distributor: Any) -> None:
+        self.distributor = distributor
+        self._found: dict[str, dict[str, Any] | None] = {}
+
+    def lookup(self, job_id: str) -> Deferred[dict[str, Any] | None]:
+        outcome = getattr(self.distributor, "outcome", None)
+        if not callable(outcome):
+            return succeed(None)
+        looked: Deferred[Any] = maybeDeferred(outcome, job_id)
+
+        def found(stored: Any) -> dict[str, Any] | None:
+            detail = None if stored is None else snapshot.stored_detail(stored)
+            self._found[job_id] = detail
+            while len(self._found) > self.KEEP:
+                del self._found[next(iter(self._found))]
+            return detail
+
+        def failed(failure: Failure) -> None:
+            log.failure("looking up the stored outcome of job {job_id}", failure, job_id=job_id)
+            return None
+
+        return looked.addCallbacks(found, failed)
+
+    def cached(self, job_id: str) -> dict[str, Any] | None:
+        """The stored page if known; else None, and a look-up is started for the next push."""
+        if job_id not in self._found:
+            self._found[job_id] = None  # asked once: a missing job is not looked up each tick
+            self.lookup(job_id)
+        return self._found.get(job_id)
+
+
 class _Jobs(Resource):
     """``/api/jobs/ID`` (GET) and ``/api/jobs/ID/cancel|retry`` (POST)."""
 
     isLeaf = True
 
-    def __init__(self, distributor: Any) -> None:
+    def __init__(self, distributor: Any, stored: StoredJobs) -> None:
         super().__init__()
         self.distributor = distributor
+        self.stored = stored
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         path = _rest(request)
         if len(path) != 1 or not path[0]:
             return _error(request, 404, "ask for /api/jobs/JOB_ID")
         job_id = path[0].decode("utf-8", "replace")
         detail = snapshot.job_detail(self.distributor, job_id)
-        if detail is None:
-            return _error(request, 404, f"no job {job_id} here (unknown, or finished long ago)")
-        return _json(request, detail)
+        if detail is not None:
+            return _json(request, detail)
+
+        def answer(stored: dict[str, Any] | None) -> None:
+            if request.finished or request._disconnected:  # type: ignore[attr-defined]
+                return
+            if stored is None:
+                message = f"no job {job_id} here (unknown, or its outcome has expired)"
+                request.write(_error(request, 404, message))
+            else:
+                request.write(_json(request, stored))
+            request.finish()
+
+        self.stored.lookup(job_id).addCallback(answer).addErrback(
+            lambda failure: log.failure("answering /api/jobs/{job_id}", failure, job_id=job_id)
+        )
+        return NOT_DONE_YET
 
     def render_POST(self, request: Request) -> Any:
         path = _rest(request)
@@ -233,6 +288,8 @@ def build_tree(
     credentials that one of them accepts.
     """
 
+    stored = StoredJobs(distributor)
+
     def render_view(view: str, argument: str | None) -> str:
         now = clock.seconds()
         nodes = distributor.nodes()  # O(pending jobs): once per push, shared
@@ -250,7 +307,8 @@ def build_tree(
             document.update(snapshot.delayed(distributor, now))
         elif view == "job":
             document["job_id"] = argument
-            document["job"] = snapshot.job_detail(distributor, argument or "")
+            job_id = argument or ""
+            document["job"] = snapshot.job_detail(distributor, job_id) or stored.cached(job_id)
         return json.dumps(document, default=str)
 
     live = (
@@ -271,7 +329,7 @@ def build_tree(
     api.putChild(b"delayed", _Json(lambda: snapshot.delayed(distributor, clock.seconds())))
     api.putChild(b"nodes", _Json(lambda: {"nodes": snapshot.node_rows(distributor)}))
     api.putChild(b"stats", _Json(lambda: snapshot.stats_document(distributor, clock.seconds())))
-    api.putChild(b"jobs", _Jobs(distributor))
+    api.putChild(b"jobs", _Jobs(distributor, stored))
     metrics = MetricsResource(registry_for(distributor))
     tree.putChild(b"metrics", metrics)
     if not checkers:

@@ -220,6 +220,28 @@ def job_detail(distributor: ClusterView, job_id: str) -> dict[str, Any] | None:
     }
 
 
+#: The dashboard's state names for a stored outcome's status.
+_STORED_STATES = {"done": "complete", "failed": "failed", "cancelled": "cancelled"}
+
+
+def stored_detail(outcome: Any) -> dict[str, Any]:
+    """One job's page from the outcome a durable distributor stored (``distributor.outcome``):
+    for jobs that finished before this process started, or too long ago to be remembered."""
+    record = dict(outcome.job) if outcome.job else {"id": outcome.job_id, "name": outcome.name}
+    record["args"] = outcome.args
+    return {
+        "state": _STORED_STATES.get(outcome.status, outcome.status),
+        "node": None,
+        "record": record,
+        "finished_at": outcome.finished_at,
+        "duration": None,
+        "error": outcome.error,
+        "error_type": outcome.error_type,
+        "traceback": None,
+        "attempt": record.get("attempt", 0),
+    }
+
+
 def stats_document(distributor: ClusterView, now: float) -> dict[str, Any]:
     """Everything ``jr stats --json`` prints."""
     return {**summary(distributor, now), **names(distributor)}

@@ -138,6 +138,13 @@ async def test_cancel_needs_the_action_header_and_cancels_a_waiting_job(
     assert code == 404 and b"not pending" in body
     code, body = await fetch(f"{dashboard.url}api/jobs/{handle.id}")
     assert json.loads(body)["state"] == "cancelled"
+    # Forgotten by the dashboard's memory (a restart, or long ago): read from storage.
+    distributor.stats._finished.clear()
+    code, body = await fetch(f"{dashboard.url}api/jobs/{handle.id}")
+    assert code == 200 and json.loads(body)["state"] == "cancelled"
+    assert json.loads(body)["record"]["name"] == "my_job"
+    code, body = await fetch(f"{dashboard.url}api/jobs/no-such-job")
+    assert code == 404 and b"no job no-such-job here" in body
 
 
 @pytest_twisted.ensureDeferred
