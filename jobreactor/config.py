@@ -74,6 +74,9 @@ class Config:
     remove_failed_jobs: bool = attrs.field(default=False, validator=_check(bool))
     #: A node with persistent storage runs its unfinished jobs again when it starts.
     retry_jobs_at_start: bool = attrs.field(default=True, validator=_check(bool))
+    #: Seconds a node's lease on its storage lasts without renewal (Redis: a killed node's
+    #: replacement waits at most this long; SQLite's file lock ends with the process).
+    storage_lease_seconds: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=1))
     redis_host: str = attrs.field(default="localhost", validator=_check(str))
     redis_port: int = attrs.field(default=6379, validator=_check(int, minimum=1, maximum=65535))
     #: Threads for ``defer=True`` jobs (the original's EventMachine pool had 20).

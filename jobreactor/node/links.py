@@ -201,8 +201,11 @@ class Links:
     def _hello(self: Node, link: _DistributorLink, protocol: NodeProtocol) -> Deferred[Any]:
         # Jobs this node holds, and those whose outcome waits in the outbox: the distributor
         # must not run those again elsewhere; the outcome follows right after Hello.
+        # Stored jobs not taken up yet are listed too: they are taken up once Hello is answered.
         held = [job.id for job in self._jobs.values() if job.distributor == link.endpoint]
+        held += self._stored_for(link)
         held += [report.job_id for report in link.outbox if report.job_id not in self._jobs]
+        held = list(dict.fromkeys(held))  # a job with reports waiting is listed once
         said: Deferred[Any] = protocol.callRemote(
             Hello,
             name=self.name,
@@ -215,25 +218,13 @@ class Links:
         def welcomed(answer: dict[str, Any]) -> None:
             link.protocol = protocol
             link.refusals = 0
-            if link.distributor_id not in (None, answer["distributor_id"]) and link.outbox:
-                log.warn(
-                    "distributor {endpoint} restarted: dropping {count} reports meant for "
-                    "its previous process",
-                    endpoint=link.endpoint,
-                    count=len(link.outbox),
-                )
-                link.outbox.clear()
-            link.distributor_id = answer["distributor_id"]
+            previous_id, link.distributor_id = link.distributor_id, answer["distributor_id"]
             if link._submitter is not None:
                 link._submitter.connected(protocol)
             protocol.start_heartbeat(
                 self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
             )
-            for job_id in answer.get("drop") or []:
-                self._forget(str(job_id))
-                self.storage.remove(self.node_name, str(job_id)).addErrback(
-                    self._log_failure, "removing job {job_id}", job_id=job_id
-                )
+            self._take_up(link, answer, previous_id)  # drop what it does not know, run the rest
             log.info(
                 "node {node} joined distributor {endpoint}", node=self.name, endpoint=link.endpoint
             )

@@ -43,7 +43,7 @@ class Running:
 
         def saved_then_run(_: Any) -> None:
             self._starting.pop(job.id, None)
-            if job.id in self._cancelling:
+            if job.id in self._cancelling or job.id not in self._jobs:  # cancelled or let go
                 self._attempt_done(AttemptOutcome("cancelled", job.args, "success"), job.id, None)
                 return
             self._run(job)

@@ -32,6 +32,7 @@ from jobreactor.errors import NotRunningError
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Status
 from jobreactor.node.context import _started_nodes
+from jobreactor.node.lease import StorageLease
 from jobreactor.node.links import (
     Links,
     _DistributorLink,
@@ -40,6 +41,7 @@ from jobreactor.node.links import (
 )
 from jobreactor.node.running import Running
 from jobreactor.node.scheduling import Scheduling
+from jobreactor.node.takeup import TakingUp
 from jobreactor.outcomes import Feedback
 from jobreactor.protocol import (
     Leaving,
@@ -62,7 +64,7 @@ STOP_MESSAGE_WAIT = 5.0
 UNFINISHED = (Status.NEW, Status.QUEUED, Status.IN_PROGRESS, Status.ERROR)
 
 
-class Node(Links, Scheduling, Running, service.MultiService):
+class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
     """A worker: dials every distributor it is given and runs the jobs they send.
 
     ``slots`` is how many jobs it runs at once (and so how many a distributor sends it before
@@ -136,6 +138,16 @@ class Node(Links, Scheduling, Running, service.MultiService):
         self._accepting: set[str] = set()
         self._cancel_when_accepted: set[str] = set()
         self._start_failure: Failure | None = None
+        #: Jobs loaded from storage at start, per distributor endpoint, not yet taken up:
+        #: they are once that distributor has answered this node's Hello.
+        self._stored: dict[str, dict[str, Job]] = {}
+        self._lease = StorageLease(
+            self.storage,
+            name,
+            self.config.storage_lease_seconds,
+            self._clock,
+            self._lease_lost,
+        )
 
     # -- service life --------------------------------------------------------------
 
@@ -148,11 +160,14 @@ class Node(Links, Scheduling, Running, service.MultiService):
 
     async def _start(self) -> Node:
         # A storage server that is down at start (Redis restarting) is waited for: the node
-        # dials no distributor until it can keep what it accepts.
+        # dials no distributor until it can keep what it accepts. Nor while another process
+        # holds the lease on this node's storage: it would run the same stored jobs.
         delay = 0.5
         while True:
             try:
                 await self.storage.open()
+                if not self._lease.held and not await self._lease.acquire(self._still_starting):
+                    return self  # stopped while waiting for the lease: dial nobody
                 unfinished = (
                     await self.storage.jobs_for(self.node_name, UNFINISHED)
                     if self.config.retry_jobs_at_start
@@ -170,8 +185,9 @@ class Node(Links, Scheduling, Running, service.MultiService):
                 )
                 await deferLater(self._clock, delay, lambda: None)
                 delay = min(delay * 2, 10.0)
-        for job in unfinished:
-            self._hold(job)
+        if self._stopping:
+            return self
+        self._keep_stored(unfinished)  # taken up when their distributor answers Hello
         for link in self._links.values():
             link.service = ClientService(
                 clientFromString(self._reactor, link.endpoint),
@@ -188,6 +204,20 @@ class Node(Links, Scheduling, Running, service.MultiService):
             jobs=", ".join(self.registry.names()) or "(none)",
         )
         return self
+
+    def _still_starting(self) -> bool:
+        return bool(self.running) and not self._stopping
+
+    def _lease_lost(self) -> None:
+        """Another process took this node's storage: leave its jobs to it and stop."""
+        self._stored.clear()
+        for job_id in list(self._jobs):
+            self._forget(job_id)  # not removed from storage: they are the other process's
+        self._ready.clear()
+        for job_id, running in list(self._running.items()):
+            if job_id not in self._starting:
+                running.cancel()
+        self.stopService()
 
     def _start_failed(self, failure: Failure) -> None:
         log.failure("node {node} could not start", failure, node=self.name)
@@ -287,6 +317,7 @@ class Node(Links, Scheduling, Running, service.MultiService):
             await self._bounded([joined], config.shutdown_grace_period or 1.0)
         else:
             self._threadpool.stop()  # idle threads end at once
+        await self._lease.release()
         await self.storage.close()
         log.info("node {node} stopped", node=self.name)
 

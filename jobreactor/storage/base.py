@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from twisted.internet.defer import Deferred
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from jobreactor.errors import JobReactorError
 from jobreactor.model import Job, Status
@@ -24,7 +24,17 @@ class IJobStorage(Interface):  # type: ignore[misc]
 
     Every method returns a Deferred. Jobs are kept per node name: nodes sharing one storage
     never see each other's jobs.
+
+    The lease methods keep two processes from working one node's jobs at once (a second
+    process started by mistake with the same name and storage would run them twice): a node
+    holds the lease on its name from before it loads its jobs until it stops. ``owner`` is a
+    string unique to the process (and node) asking.
     """
+
+    leases_expire = Attribute(
+        "True if a lease ends unless renewed in time (Redis: a killed holder cannot release "
+        "it); False if it lasts until released or until its process ends (memory, SQLite)."
+    )
 
     def open() -> Deferred[None]:
         """Connect or create what the storage needs; called once when the node starts."""
@@ -43,6 +53,17 @@ class IJobStorage(Interface):  # type: ignore[misc]
 
     def nodes() -> Deferred[list[str]]:
         """The names of the nodes that have at least one job stored, sorted."""
+
+    def acquire_lease(node: str, owner: str, seconds: float) -> Deferred[bool]:
+        """Take the lease on ``node``'s jobs for ``owner``: True if it is now (or was already)
+        ``owner``'s, False while another live process holds it. ``seconds`` is how long it
+        lasts without a renewal where the storage cannot tell a dead holder on its own."""
+
+    def renew_lease(node: str, owner: str, seconds: float) -> Deferred[bool]:
+        """Extend ``owner``'s lease by ``seconds``; False if someone else holds it now."""
+
+    def release_lease(node: str, owner: str) -> Deferred[None]:
+        """Give the lease up if ``owner`` holds it (never another process's lease)."""
 
     def close() -> Deferred[None]:
         """Release connections; called when the node stops."""

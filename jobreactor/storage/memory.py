@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import ClassVar
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -15,9 +16,15 @@ from jobreactor.storage.base import IJobStorage
 @implementer(IJobStorage)
 @attrs.define
 class MemoryStorage:
-    """Jobs in a dict per node; every Deferred has already fired."""
+    """Jobs in a dict per node; every Deferred has already fired.
+
+    Leases are a dict too: only nodes given this very storage object can share it, and they
+    live in one process, so there is no holder to outlive and no expiry.
+    """
 
     _jobs: dict[str, dict[str, Job]] = attrs.Factory(dict)
+    _leases: dict[str, str] = attrs.Factory(dict)
+    leases_expire: ClassVar[bool] = False
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -43,6 +50,17 @@ class MemoryStorage:
 
     def nodes(self) -> Deferred[list[str]]:
         return succeed(sorted(node for node, jobs in self._jobs.items() if jobs))
+
+    def acquire_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        return succeed(self._leases.setdefault(node, owner) == owner)
+
+    def renew_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        return succeed(self._leases.get(node) == owner)
+
+    def release_lease(self, node: str, owner: str) -> Deferred[None]:
+        if self._leases.get(node) == owner:
+            del self._leases[node]
+        return succeed(None)
 
     def close(self) -> Deferred[None]:
         return succeed(None)

@@ -10,6 +10,10 @@ Layout (every key name is made by :class:`RedisKeys`, nowhere else), with ``P`` 
     set of the ids of NODE's jobs in STATUS, one set per :class:`Status`; a job is in exactly
     one of them. This per-node index finds a node's jobs, by status or not, in time
     proportional to that node's jobs: no KEYS, no SCAN over the database.
+``P:node:NODE:lease``
+    the lease on NODE's jobs: the owner string of the process working them, with an expiry
+    (``SET NX PX``), renewed by that process every third of the lease and deleted (only if
+    still its own) when it stops. A killed holder's lease ends when it expires.
 
 Every change that touches several keys is one Lua script, so a crash never leaves a job
 without its index entry or the other way round.
@@ -30,7 +34,7 @@ import json
 import urllib.parse
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import txredisapi
@@ -78,6 +82,9 @@ class RedisKeys:
 
     def status(self, node: str, status: Status) -> str:
         return f"{self.prefix}:node:{node}:status:{status.value}"
+
+    def lease(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:lease"
 
     def statuses(self, node: str) -> list[str]:
         """The index keys of ``node``, one per status, in :data:`STATUS_ORDER`."""
@@ -128,6 +135,30 @@ return found
 """
 
 
+# KEYS: the lease key. ARGV: owner, milliseconds. SET NX PX, except that the owner's own
+# lease is extended instead (so one script acquires and renews). Returns 1 if owner holds it.
+LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: the lease key. ARGV: owner. Deletes the lease only if owner still holds it.
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def _job_json(job: Job) -> str:
     return json.dumps(job.to_wire(), separators=(",", ":"), allow_nan=False)
 
@@ -152,6 +183,7 @@ class RedisStorage:
     tls: Any = None
     reactor: IReactorTime | None = None
     keys: RedisKeys = attrs.field(init=False)
+    leases_expire: ClassVar[bool] = True
     _redis: Any = attrs.field(default=None, init=False)
     #: Why the pool gave up connecting (a refused password, a bad db), for error messages.
     _connect_error: str | None = attrs.field(default=None, init=False)
@@ -260,6 +292,27 @@ class RedisStorage:
     def nodes(self) -> Deferred[list[str]]:
         found = self._call("listing the nodes", lambda redis: redis.smembers(self.keys.nodes()))
         return found.addCallback(lambda names: sorted(_text(name) for name in names or ()))
+
+    def acquire_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        return self._lease(f"taking the lease of node {node}", node, owner, seconds)
+
+    def renew_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        return self._lease(f"renewing the lease of node {node}", node, owner, seconds)
+
+    def release_lease(self, node: str, owner: str) -> Deferred[None]:
+        keys = [self.keys.lease(node)]
+        released = self._call(
+            f"releasing the lease of node {node}",
+            lambda redis: redis.eval(RELEASE_SCRIPT, keys, [owner]),
+        )
+        return released.addCallback(lambda _: None)
+
+    def _lease(self, doing: str, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        keys, milliseconds = [self.keys.lease(node)], max(1, round(seconds * 1000))
+        held = self._call(
+            doing, lambda redis: redis.eval(LEASE_SCRIPT, keys, [owner, milliseconds])
+        )
+        return held.addCallback(lambda answer: int(answer) == 1)
 
     def close(self) -> Deferred[None]:
         redis, self._redis = self._redis, None

@@ -5,16 +5,23 @@ connection, so every statement runs in one background thread, in the order it wa
 a later ``save`` of a job never lands before an earlier one. The file is in WAL mode, so
 several node processes (and the ``jr`` monitor) can share it: readers never wait for the
 writer, and writers of other processes wait up to ``busy_timeout`` seconds for each other.
+
+A node's lease is an OS file lock (``flock``) on a file of its own next to the database,
+``PATH.lease.NODE``, held for the life of the node: the kernel drops it when the process
+ends, however it ends, so a killed node's replacement takes it at once and nothing expires.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 from twisted.enterprise import adbapi
@@ -67,6 +74,9 @@ class SQLiteStorage:
     #: Seconds a write waits for another process's write to finish before failing.
     busy_timeout: float = 5.0
     _pool: adbapi.ConnectionPool | None = attrs.field(default=None, init=False)
+    leases_expire: ClassVar[bool] = False
+    #: node name -> (owner, the open lock file whose flock is the lease)
+    _leases: dict[str, tuple[str, int]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.synchronous not in SYNCHRONOUS_MODES:
@@ -129,7 +139,52 @@ class SQLiteStorage:
     def nodes(self) -> Deferred[list[str]]:
         return self._interact(_nodes, "listing the nodes")
 
+    def lease_path(self, node: str) -> str:
+        """The lock file of ``node``'s lease: next to the database, one per node name."""
+        safe = urllib.parse.quote(node, safe="")
+        if len(safe) > 64:  # keep the file name short: a hash is as unique
+            safe = hashlib.sha256(node.encode()).hexdigest()[:32]
+        return f"{self.path}.lease.{safe}"
+
+    def acquire_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        # flock with LOCK_NB never waits: done here, in the reactor thread. Locks taken
+        # through two open files conflict even within one process, as they should.
+        held = self._leases.get(node)
+        if held is not None:
+            return succeed(held[0] == owner)
+        path = self.lease_path(node)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            return _fail(StorageError(f"{self}: cannot open lease file {path}: {error.strerror}"))
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return succeed(False)
+        except OSError as error:
+            os.close(descriptor)
+            return _fail(StorageError(f"{self}: cannot lock lease file {path}: {error.strerror}"))
+        # Who holds it, for a person looking at the file; the lock itself is what counts.
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{owner}\n".encode())
+        self._leases[node] = (owner, descriptor)
+        return succeed(True)
+
+    def renew_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
+        held = self._leases.get(node)
+        return succeed(held is not None and held[0] == owner)  # a flock cannot be taken away
+
+    def release_lease(self, node: str, owner: str) -> Deferred[None]:
+        held = self._leases.get(node)
+        if held is not None and held[0] == owner:
+            del self._leases[node]
+            os.close(held[1])  # closing the file drops its lock; the file stays for the next
+        return succeed(None)
+
     def close(self) -> Deferred[None]:
+        for node, (owner, _) in list(self._leases.items()):
+            self.release_lease(node, owner)
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()  # joins the pool's one thread: quick, nothing else is queued
