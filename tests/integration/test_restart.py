@@ -73,7 +73,9 @@ async def test_node_restarted_after_sigkill_runs_its_unfinished_jobs(
     distributor = patient_distributor
     port = port_of(distributor)
     storage = storage_url
-    first = nodes.start("keeper", port, "--storage", storage)
+    # On Redis a killed node's lease lasts until it expires: keep that wait short here.
+    lease = ("--setting", "storage_lease_seconds=2")
+    first = nodes.start("keeper", port, "--storage", storage, *lease)
     await bounded(distributor.when_nodes(names=["keeper"]))
     done = distributor.enqueue("my_job", {})
     await bounded(done.deferred)
@@ -89,7 +91,7 @@ async def test_node_restarted_after_sigkill_runs_its_unfinished_jobs(
     await until(lambda: len(periodic_runs) >= 1)
     first.send_signal(signal.SIGKILL)
     await bounded(deferToThread(first.wait, 10))
-    second = nodes.start("keeper", port, "--storage", storage)
+    second = nodes.start("keeper", port, "--storage", storage, *lease)
     sleepy_result = await bounded(running.deferred)
     assert sleepy_result["pid"] == second.pid, "the running job ran again on the restarted node"
     stamped = await bounded(delayed.deferred)
