@@ -1,8 +1,9 @@
 """The node: takes jobs from distributors, stores them, runs each on time, reports back.
 
-Split by concern: :mod:`.links` (connections, Hello, outboxes), :mod:`.scheduling`
-(accepting, timers, slots, cancels), :mod:`.running` (attempts, retries, ends),
-:mod:`.service` (the service itself), :mod:`.context` (``current_node``).
+Split by concern: :mod:`.links` (connections, Hello, outboxes), :mod:`.takeup` (stored jobs
+taken up once a Hello is answered), :mod:`.lease` (one process per node's storage),
+:mod:`.scheduling` (accepting, timers, slots, cancels), :mod:`.running` (attempts, retries,
+ends), :mod:`.service` (the service itself), :mod:`.context` (``current_node``).
 """
 
 from jobreactor.node.context import current_node

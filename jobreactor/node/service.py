@@ -1,8 +1,9 @@
 """The node service: takes jobs from distributors, stores them, runs each on time, reports back.
 
 Concerns live in their own modules, mixed in here: links (connections, Hello, outboxes),
-scheduling (accepting, timers, slots, cancels), running (attempts, retries, ends). A job is
-saved before the node acknowledges it.
+takeup (stored jobs taken up once their distributor answers Hello), scheduling (accepting,
+timers, slots, cancels), running (attempts, retries, ends); the storage lease is held by a
+:class:`~jobreactor.node.lease.StorageLease`. A job is saved before the node acknowledges it.
 """
 
 from __future__ import annotations
@@ -168,6 +169,9 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
                 await self.storage.open()
                 if not self._lease.held and not await self._lease.acquire(self._still_starting):
                     return self  # stopped while waiting for the lease: dial nobody
+                if not self._still_starting():
+                    await self._lease.release()  # stopped meanwhile, after its own release
+                    return self
                 unfinished = (
                     await self.storage.jobs_for(self.node_name, UNFINISHED)
                     if self.config.retry_jobs_at_start

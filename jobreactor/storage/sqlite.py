@@ -177,17 +177,27 @@ class SQLiteStorage:
 
     def release_lease(self, node: str, owner: str) -> Deferred[None]:
         held = self._leases.get(node)
-        if held is not None and held[0] == owner:
-            del self._leases[node]
-            os.close(held[1])  # closing the file drops its lock; the file stays for the next
-        return succeed(None)
+        if held is None or held[0] != owner:
+            return succeed(None)
+
+        def unlock(_: object) -> None:
+            if self._leases.get(node) == held:
+                del self._leases[node]
+                os.close(held[1])  # closing the file drops its lock; the file stays
+
+        if self._pool is None:
+            unlock(None)
+            return succeed(None)
+        # Behind every statement already asked for: the next holder reads them all.
+        done: Deferred[None] = self._pool.runInteraction(_nothing)
+        return done.addBoth(unlock)
 
     def close(self) -> Deferred[None]:
-        for node, (owner, _) in list(self._leases.items()):
-            self.release_lease(node, owner)
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()  # joins the pool's one thread: quick, nothing else is queued
+        for node, (owner, _) in list(self._leases.items()):
+            self.release_lease(node, owner)  # after the writes: the pool is closed
         return succeed(None)
 
     def _interact(self, function: Any, doing: str, *args: Any) -> Deferred[Any]:
@@ -210,6 +220,10 @@ def _fail(error: Exception) -> Deferred[Any]:
 
 
 # The functions below run in the pool's thread, each inside one transaction.
+
+
+def _nothing(cursor: adbapi.Transaction) -> None:
+    """Runs after every statement queued before it: a barrier."""
 
 
 def _create_schema(cursor: adbapi.Transaction) -> None:
