@@ -228,7 +228,7 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
         self._start_failure = failure  # handed to every when_started caller
 
     def when_started(self) -> Deferred[Node]:
-        """Fire once storage is open and the distributors are being dialled."""
+        """Fire once storage is open, its lease taken, and the distributors are being dialled."""
         if self._started is None:
             raise RuntimeError("start the node service first")
         done: Deferred[Node] = Deferred()
