@@ -62,7 +62,7 @@ async def test_a_second_process_with_the_same_name_and_storage_runs_nothing(
     real = nodes.start("keeper", port, "--storage", storage_url)
     await bounded(distributor.when_nodes(names=["keeper"]))
     runs = tmp_path / "runs.txt"
-    stored = distributor.enqueue("log_run", {"log": str(runs), "n": 1}, after=2)
+    stored = distributor.enqueue("log_run", {"log": str(runs), "n": 1}, after=3)
     await until(lambda: distributor.nodes()[0].holding == 1)
 
     nodes.start("keeper", port, "--storage", storage_url)
