@@ -135,3 +135,29 @@ async def test_a_refused_node_runs_nothing_from_its_storage(
     finally:
         await storage.close()
     assert kept is not None and kept.status is Status.QUEUED, "left in storage untouched"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_whose_redis_lease_is_taken_stops_taking_jobs(
+    distributor: Distributor, nodes: NodeProcesses, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    server.start()
+    try:
+        url = f"{server.url}?prefix=taken&timeout=2"
+        node = nodes.start(
+            "keeper", port_of(distributor), "--storage", url,
+            "--setting", "storage_lease_seconds=1.5",
+        )  # fmt: skip
+        await bounded(distributor.when_nodes(names=["keeper"]))
+        key = "taken:node:keeper:lease"
+        assert server.cli("GET", key).strip().split(":")[1] == str(node.pid)
+
+        server.cli("SET", key, "another-process", "PX", "60000")  # as if it expired and was taken
+        await until(lambda: "lost its storage lease to another process" in nodes.log("keeper"))
+        await until(lambda: distributor.nodes() == [], 5)
+
+        assert server.cli("GET", key).strip() == "another-process", "not deleted by the loser"
+        assert node.poll() is None, "the process stays up; its node service stopped"
+    finally:
+        server.stop()
