@@ -144,7 +144,10 @@ class OutcomeDesk:
         reports, outbox.reports = outbox.reports, []
         put_back = [0]  # boxes fail in the order they were sent: keep that order
         for box in in_boxes(reports, _report_size):
+            finals = {report.job_id for report in box if report.final}
+            outbox.sending |= finals
             sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
+            sent.addBoth(_answered, outbox, finals)
 
             def failed(failure: Failure, box: list[Report] = box) -> None:
                 if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
@@ -164,3 +167,9 @@ class OutcomeDesk:
         for report in box:
             if report.final and self._ledger.durable:
                 self._ledger.add(("delivered", report.job_id))
+
+
+def _answered(result: Any, outbox: _Outbox, finals: set[str]) -> Any:
+    """The peer answered (or the box is back in an outbox): no longer in flight."""
+    outbox.sending -= finals
+    return result

@@ -89,6 +89,9 @@ class _Outbox:
     """Reports for one remote peer, sent together; kept while the peer is away."""
 
     reports: list[Report] = attrs.Factory(list)
+    #: Jobs whose final report was sent and not yet answered: a resend of one of them
+    #: (the peer's Enqueue crossed its outcome on the wire) must not run it again.
+    sending: set[str] = attrs.Factory(set)
     flush_call: IDelayedCall | None = None
     expiry: IDelayedCall | None = None
 

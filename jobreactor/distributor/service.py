@@ -266,6 +266,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         accepted: list[str] = []
         rejected: list[dict[str, Any]] = []
         now = self._clock.seconds()
+        finished = self._awaiting_delivery(link.name)
         for raw in raw_jobs:
             job_id = raw.get("id") if isinstance(raw, dict) else None
             try:
@@ -281,7 +282,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
                 else:
                     rejected.append({"id": job.id, "error": f"job id {job.id} is taken"})
                 continue
-            if self._awaits_delivery(link.name, job.id):
+            if job.id in finished:
                 accepted.append(job.id)  # finished already: its outcome is on its way
                 continue
             job = attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now)
@@ -290,9 +291,13 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         answer = {"accepted": accepted, "rejected": rejected}
         return self._ledger.written().addCallback(lambda _: answer)
 
-    def _awaits_delivery(self, origin: str, job_id: str) -> bool:
+    def _awaiting_delivery(self, origin: str) -> set[str]:
+        """Ids of ``origin``'s jobs that ended here and whose outcome it has not yet taken
+        (waiting in its outbox, or sent and unanswered): a resend of one is not a new job."""
         outbox = self._outboxes.get(origin)
-        return outbox is not None and any(r.job_id == job_id for r in outbox.reports)
+        if outbox is None:
+            return set()
+        return {report.job_id for report in outbox.reports} | outbox.sending
 
     def _cancel_ids(self, job_ids: list[str]) -> list[str]:
         cancelled = []

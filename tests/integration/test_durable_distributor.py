@@ -169,7 +169,7 @@ async def test_standalone_distributor_killed_in_a_burst_loses_no_acknowledged_jo
 ) -> None:
     total = 5000
     job_log, handled_log = tmp_path / "runs.log", tmp_path / "handled.log"
-    durable_nodes.start("worker", standalone.port, slots=50)
+    durable_nodes.start("worker", standalone.port, slots=200)
     await joined(durable_nodes, "worker")
     client = await connected_client(standalone.endpoint, "stable-name")
     try:
@@ -198,7 +198,9 @@ async def test_standalone_distributor_killed_in_a_burst_loses_no_acknowledged_jo
 
         ran = Counter(int(line) for line in lines(job_log))
         assert set(ran) == set(range(total)), "every job ran"
-        assert acknowledged_at_kill <= set(ran)
+        assert not {n for n in acknowledged_at_kill if ran[n] != 1}, (
+            "a job acknowledged before the kill ran once"
+        )
         assert successes == Counter(range(total)), "each outcome reached the client once"
         ids = {handle.id for handle in handles}
         await until(
@@ -273,7 +275,7 @@ async def test_reports_made_while_the_distributor_was_down_are_delivered_once(
         handles = [
             client.enqueue(
                 "slow_log",
-                {"n": n, "seconds": 1.5, "log": str(job_log), "handled_log": str(handled_log)},
+                {"n": n, "seconds": 0.5, "log": str(job_log), "handled_log": str(handled_log)},
                 success=lambda a: successes.update([a["n"]]),
             )
             for n in range(total)
@@ -281,13 +283,13 @@ async def test_reports_made_while_the_distributor_was_down_are_delivered_once(
         await bounded(defer.gatherResults([handle.accepted for handle in handles]))
         await until(lambda: len(lines(job_log)) == total, what="every job started")
         await standalone.kill()
-        await deferLater(reactor, 2.0, lambda: None)  # the jobs finish: reports wait on the node
+        await deferLater(reactor, 1.0, lambda: None)  # the jobs finish: reports wait on the node
         assert successes == Counter(), "no outcome without the distributor"
         standalone.start()
         await bounded(defer.gatherResults([handle.deferred for handle in handles]))
         assert successes == Counter(range(total)), "each outcome reached the client once"
         await until(lambda: len(lines(handled_log)) >= total, what="every handler call")
-        await deferLater(reactor, 1.0, lambda: None)  # anything sent again would run now
+        await deferLater(reactor, 0.5, lambda: None)  # anything sent again would run now
         assert Counter(int(line) for line in lines(job_log)) == Counter(range(total)), (
             "nothing ran again"
         )
