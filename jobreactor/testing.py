@@ -29,6 +29,7 @@ from jobreactor.config import Config
 from jobreactor.definitions import JobRegistry
 from jobreactor.distributor import Distributor, DistributorProtocol
 from jobreactor.node import Node, NodeProtocol, _DistributorLink
+from jobreactor.results import HandlerRegistry
 from jobreactor.storage import IJobStorage
 
 #: Rounds of "deliver bytes, run due timers" before :meth:`LocalCluster.run` gives up.
@@ -97,11 +98,27 @@ class HeapClock(Clock):
 class LocalCluster:
     """One distributor and any number of nodes, connected through in-memory transports."""
 
-    def __init__(self, registry: JobRegistry, *, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        registry: JobRegistry,
+        *,
+        config: Config | None = None,
+        storage: str | Any = "memory",
+        handlers: HandlerRegistry | None = None,
+    ) -> None:
+        """``storage`` and ``handlers`` are the distributor's (see :class:`Distributor`).
+
+        A ``sqlite:`` or ``redis://`` storage is written by the real reactor (its thread
+        pool, its connection), not by the Clock: let the reactor run between ``run()``
+        calls, and wait for ``distributor.when_listening()`` (the reload is done) before
+        adding nodes.
+        """
         self.clock = HeapClock()
         self.config = config if config is not None else Config()
         self.registry = registry
-        self.distributor = Distributor(None, config=self.config, clock=self.clock)
+        self.distributor = Distributor(
+            None, config=self.config, storage=storage, handlers=handlers, clock=self.clock
+        )
         self.distributor.startService()
         self.nodes: dict[str, Node] = {}
         self._pumps: dict[str, iosim.IOPump] = {}

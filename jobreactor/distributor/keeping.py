@@ -18,7 +18,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
@@ -251,7 +251,7 @@ class Keeping:
         owned here.
         """
         if job_id in self._owned:
-            raise ValueError(f"job {job_id} is not finished: it cannot be retried")
+            return fail(ValueError(f"job {job_id} is not finished: it cannot be retried"))
 
         def found(outcome: Outcome | None) -> Deferred[str]:
             if outcome is None or not outcome.job:

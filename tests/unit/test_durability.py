@@ -1,0 +1,313 @@
+"""The durable distributor on a Clock: group commit, reload order, outcomes, retry, result
+handlers and their backoff, and outcome expiry.
+
+The distributor runs in process with nodes joined in memory (:class:`LocalCluster`); its
+storage is a real SQLite file (written by the real reactor's thread pool, so the tests let the
+reactor turn between clock steps) and, where the behaviour does not depend on the storage,
+memory too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock, deferLater
+
+from jobreactor import Config, JobRegistry, job
+from jobreactor.definitions import registering_into
+from jobreactor.distributor.ledger import RETRY_FIRST, GroupCommit
+from jobreactor.results import HandlerRegistry, Outcome, on_result, registering_handlers_into
+from jobreactor.storage.ledger import Operation
+from jobreactor.testing import LocalCluster
+
+# -- group commit, on a fake storage --------------------------------------------------------
+
+
+@attrs.define
+class RecordingStorage:
+    """A durable storage whose writes the test completes (or fails) by hand."""
+
+    durable: bool = True
+    batches: list[list[Operation]] = attrs.Factory(list)
+    pending: list[Deferred[None]] = attrs.Factory(list)
+
+    def write(self, operations: list[Operation]) -> Deferred[None]:
+        self.batches.append(list(operations))
+        written: Deferred[None] = Deferred()
+        self.pending.append(written)
+        return written
+
+
+def fired(deferred: Deferred[Any]) -> bool:
+    seen: list[Any] = []
+    deferred.addBoth(lambda result: seen.append(result) or result)
+    return bool(seen)
+
+
+def test_group_commit_writes_what_a_turn_added_in_one_batch() -> None:
+    clock, storage = Clock(), RecordingStorage()
+    commit = GroupCommit(storage, clock)
+    for n in range(3):
+        commit.add(("drop", f"job-{n}"))
+    first = commit.written()
+    assert storage.batches == [], "nothing is written during the turn that adds"
+    clock.advance(0)
+    assert storage.batches == [[("drop", "job-0"), ("drop", "job-1"), ("drop", "job-2")]]
+    commit.add(("drop", "job-3"))  # while the first batch is being written
+    commit.add(("drop", "job-4"))
+    second = commit.written()
+    clock.advance(0)
+    assert len(storage.batches) == 1, "one write at a time: the next batch gathers"
+    storage.pending[0].callback(None)
+    assert fired(first) and not fired(second)
+    clock.advance(0)
+    assert storage.batches[1] == [("drop", "job-3"), ("drop", "job-4")]
+    storage.pending[1].callback(None)
+    assert fired(second) and commit.idle
+
+
+def test_group_commit_holds_a_failed_batch_and_its_waiters_until_a_retry_writes_it() -> None:
+    clock, storage = Clock(), RecordingStorage()
+    commit = GroupCommit(storage, clock)
+    commit.add(("drop", "a"))
+    waiting = commit.written()
+    clock.advance(0)
+    storage.pending[0].errback(ConnectionError("storage is down"))
+    assert not fired(waiting), "no acknowledgement for a change that was not written"
+    commit.add(("drop", "b"))
+    clock.advance(RETRY_FIRST / 2)
+    assert len(storage.batches) == 1, "the retry waits for its backoff"
+    clock.advance(RETRY_FIRST / 2)
+    assert storage.batches[1] == [("drop", "a"), ("drop", "b")], "the failed batch goes first"
+    storage.pending[1].errback(ConnectionError("still down"))
+    clock.advance(RETRY_FIRST)
+    assert len(storage.batches) == 2, "the backoff doubled"
+    clock.advance(RETRY_FIRST)
+    assert storage.batches[2] == [("drop", "a"), ("drop", "b")]
+    storage.pending[2].callback(None)
+    assert fired(waiting) and commit.idle
+
+
+def test_group_commit_on_memory_applies_at_once() -> None:
+    written: list[list[Operation]] = []
+    storage = attrs.make_class("Memory", {"durable": attrs.field(default=False)})()
+    storage.write = lambda operations: written.append(operations) or succeed(None)
+    commit = GroupCommit(storage, Clock())
+    commit.add(("drop", "a"))
+    assert written == [[("drop", "a")]]
+    assert fired(commit.written())
+
+
+# -- a distributor with storage, nodes in memory -----------------------------------------------
+
+ran: list[tuple[str, int]] = []
+handler_calls: list[tuple[str, int, float]] = []
+
+
+@pytest.fixture
+def registry() -> JobRegistry:
+    ran.clear()
+    registry = JobRegistry()
+    with registering_into(registry):
+
+        @job("work")
+        def work(args: dict[str, Any]) -> None:
+            ran.append(("work", args["n"]))
+            args["done"] = True
+
+        @job("flaky", max_attempt=1)
+        def flaky(args: dict[str, Any]) -> None:
+            ran.append(("flaky", args["n"]))
+            if sum(1 for name, _ in ran if name == "flaky") == 1:
+                raise ValueError("first run fails")
+
+    return registry
+
+
+@pytest.fixture
+def handlers() -> HandlerRegistry:
+    """``work`` outcomes go to a handler that always raises (3 attempts); ``async_ok`` to
+    an ``async def`` handler that succeeds."""
+    handler_calls.clear()
+    registry = HandlerRegistry()
+    with registering_handlers_into(registry):
+
+        @on_result("work", max_attempt=3)
+        def broken(outcome: Outcome) -> None:
+            handler_calls.append((outcome.job_id, outcome.run, clock_of[0].seconds()))
+            raise RuntimeError("handler is broken")
+
+        @on_result("flaky")
+        async def noted(outcome: Outcome) -> None:
+            handler_calls.append((outcome.job_id, outcome.run, clock_of[0].seconds()))
+
+    return registry
+
+
+#: The clock of the cluster under test (handlers read it for their call times).
+clock_of: list[Clock] = [Clock()]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:{tmp_path / 'distributor.db'}" if request.param == "sqlite" else "memory"
+
+
+async def settle(cluster: LocalCluster, done: Callable[[], bool] | None = None) -> None:
+    """Run the cluster until ``done()`` (by default: until its storage has nothing left to
+    write), letting the real reactor turn for the SQLite thread's results."""
+    ledger = cluster.distributor._ledger
+    for _ in range(2000):
+        cluster.run()
+        if done() if done is not None else ledger.idle:
+            return
+        await deferLater(reactor, 0.002, lambda: None)
+    raise AssertionError("the cluster did not settle within a few seconds")
+
+
+async def result_of(cluster: LocalCluster, deferred: Deferred[Any]) -> Any:
+    seen: list[Any] = []
+    deferred.addBoth(seen.append)
+    await settle(cluster, lambda: bool(seen))
+    if not seen:
+        raise AssertionError(f"{deferred} did not fire")
+    if hasattr(seen[0], "raiseException"):
+        seen[0].raiseException()
+    return seen[0]
+
+
+async def started(
+    registry: JobRegistry,
+    storage: str,
+    handlers: HandlerRegistry | None = None,
+    config: Config | None = None,
+) -> LocalCluster:
+    cluster = LocalCluster(registry, config=config, storage=storage, handlers=handlers)
+    clock_of[0] = cluster.clock
+    await result_of(cluster, cluster.distributor.when_listening())  # reloaded
+    return cluster
+
+
+async def stopped(cluster: LocalCluster) -> None:
+    await result_of(cluster, cluster.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_waiting_jobs_are_reloaded_in_priority_then_fifo_order(
+    registry: JobRegistry, tmp_path: Path
+) -> None:
+    storage = f"sqlite:{tmp_path / 'distributor.db'}"
+    first = await started(registry, storage)
+    priorities = [0, 5, 0, 5, -1, 0, 9]
+    handles = [
+        first.distributor.enqueue("work", {"n": n}, priority=priority)
+        for n, priority in enumerate(priorities)
+    ]
+    for handle in handles:
+        assert await result_of(first, handle.accepted) == handle.id
+    identity = first.distributor.id
+    await stopped(first)  # no node ever came: all seven wait
+
+    second = await started(registry, storage)
+    assert second.distributor.id == identity, "a restarted distributor is the same one"
+    assert second.distributor.waiting == len(priorities)
+    second.add_node("worker", slots=1)  # one at a time: the order they run in is the order
+    await settle(second, lambda: len(ran) == len(priorities))
+    assert ran == [("work", n) for n in (6, 1, 3, 0, 2, 5, 4)]
+    await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_outcome_is_stored_and_retry_runs_the_same_job_again(
+    registry: JobRegistry, storage_url: str
+) -> None:
+    cluster = await started(registry, storage_url)
+    cluster.add_node("worker")
+    failing = cluster.distributor.enqueue("flaky", {"n": 7})
+    with pytest.raises(Exception, match="first run fails"):
+        await result_of(cluster, failing.deferred)
+    outcome = await result_of(cluster, cluster.distributor.outcome(failing.id))
+    assert (outcome.job_id, outcome.name, outcome.status) == (failing.id, "flaky", "failed")
+    assert (outcome.error, outcome.error_type, outcome.run) == ("first run fails", "ValueError", 1)
+    assert outcome.args["n"] == 7
+    listed = await result_of(cluster, cluster.distributor.outcomes("failed"))
+    assert [o.job_id for o in listed] == [failing.id]
+
+    assert await result_of(cluster, cluster.distributor.retry(failing.id)) == failing.id
+    await settle(cluster, lambda: len(ran) == 2)
+    again = await result_of(cluster, cluster.distributor.outcome(failing.id))
+    assert ran == [("flaky", 7), ("flaky", 7)], "same id, same args"
+    assert (again.status, again.run, again.error) == ("done", 2, None)
+
+    with pytest.raises(KeyError, match="no stored outcome"):
+        await result_of(cluster, cluster.distributor.retry("no-such-job"))
+    waiting = cluster.distributor.enqueue("work", {"n": 1}, after=60)
+    with pytest.raises(ValueError, match="not finished"):
+        await result_of(cluster, cluster.distributor.retry(waiting.id))
+    assert await result_of(cluster, cluster.distributor.outcome(waiting.id)) is None
+    waiting.cancel()
+    await stopped(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_raising_handler_is_retried_with_backoff_then_left_unhandled(
+    registry: JobRegistry, handlers: HandlerRegistry, storage_url: str
+) -> None:
+    cluster = await started(registry, storage_url, handlers)
+    cluster.add_node("worker")
+    handle = cluster.distributor.enqueue("work", {"n": 1})
+    await result_of(cluster, handle.deferred)
+    await settle(cluster, lambda: len(handler_calls) == 1)
+    stored = await result_of(cluster, cluster.distributor.outcome(handle.id))
+    assert stored.handled == "pending"
+    start = handler_calls[0][2]
+    for _ in range(10):
+        cluster.advance(1)
+        await settle(cluster)
+    assert [(job_id, run) for job_id, run, _ in handler_calls] == [(handle.id, 1)] * 3
+    assert [at - start for _, _, at in handler_calls] == [0, 1, 3], "1 s, then 2 s"
+    stored = await result_of(cluster, cluster.distributor.outcome(handle.id))
+    assert stored.handled == "unhandled"
+    unhandled = await result_of(cluster, cluster.distributor.outcomes("unhandled"))
+    assert [o.job_id for o in unhandled] == [handle.id]
+
+    other = cluster.distributor.enqueue("flaky", {"n": 2})  # async handler that succeeds
+    with pytest.raises(Exception, match="first run fails"):
+        await result_of(cluster, other.deferred)
+    await settle(cluster, lambda: len(handler_calls) == 4)
+    await settle(cluster)
+    assert (await result_of(cluster, cluster.distributor.outcome(other.id))).handled == "handled"
+    assert await result_of(cluster, cluster.distributor.outcomes("pending")) == []
+    await stopped(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_outcomes_expire_after_result_ttl(registry: JobRegistry, storage_url: str) -> None:
+    cluster = await started(registry, storage_url, config=Config(result_ttl=20))
+    cluster.add_node("worker")
+    handle = cluster.distributor.enqueue("work", {"n": 1})
+    await result_of(cluster, handle.deferred)
+    assert (await result_of(cluster, cluster.distributor.outcome(handle.id))) is not None
+    cluster.advance(15)
+    await settle(cluster)
+    assert (await result_of(cluster, cluster.distributor.outcome(handle.id))) is not None
+    cluster.advance(10)
+    await settle(cluster)
+    assert await result_of(cluster, cluster.distributor.outcome(handle.id)) is None
+    assert await result_of(cluster, cluster.distributor.outcomes("all")) == []
+    await stopped(cluster)
+
+
+def test_retry_of_an_unfinished_job_fails_its_deferred(registry: JobRegistry) -> None:
+    cluster = LocalCluster(registry)
+    waiting = cluster.distributor.enqueue("work", {"n": 1})
+    errors: list[Any] = []
+    cluster.distributor.retry(waiting.id).addErrback(errors.append)
+    assert errors and errors[0].check(ValueError), "a failed Deferred, as documented"
