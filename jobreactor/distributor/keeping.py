@@ -308,6 +308,15 @@ class Keeping:
         while self._expiry_marks and self._expiry_marks[0] <= now:
             self._expiry_marks.popleft()
         swept = self._ledger.written().addCallback(lambda _: self.storage.expire(now))
+
+        def more_due(removed: int) -> None:
+            # A storage that removes at most a batch per call (Redis) left the rest: sweep
+            # again at once, else they would wait for the next mark (or forever).
+            batch = getattr(self.storage, "expire_batch", None)
+            if batch is not None and removed >= batch:
+                self._expiry_marks.appendleft(now)
+
+        swept.addCallback(more_due)
         swept.addErrback(self._log_failure, "removing expired outcomes")
         swept.addBoth(lambda _: self._schedule_expiry())
 

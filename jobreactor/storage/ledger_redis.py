@@ -166,6 +166,9 @@ class RedisLedger:
     """A distributor's ledger in the Redis of ``server`` (its connection, its timeouts)."""
 
     server: RedisStorage
+    #: Outcomes one ``expire`` call removes at most: the distributor sweeps again at once
+    #: when a call removed this many (one Lua call must not hold Redis for long).
+    expire_batch: int = EXPIRE_BATCH
     durable: bool = attrs.field(default=True, init=False)
     keys: list[str] = attrs.field(init=False)
 
@@ -253,7 +256,7 @@ class RedisLedger:
     def expire(self, now: float) -> Deferred[int]:
         done = self.server._call(
             "removing expired outcomes",
-            lambda redis: redis.eval(EXPIRE_SCRIPT, self.keys, [repr(now), EXPIRE_BATCH]),
+            lambda redis: redis.eval(EXPIRE_SCRIPT, self.keys, [repr(now), self.expire_batch]),
         )
         return done.addCallback(lambda count: int(count or 0))
 

@@ -9,7 +9,8 @@ memory too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from jobreactor import Config, JobRegistry, job
 from jobreactor.definitions import registering_into
 from jobreactor.distributor.ledger import RETRY_FIRST, GroupCommit
 from jobreactor.results import HandlerRegistry, Outcome, on_result, registering_handlers_into
+from jobreactor.storage import RedisStorage
 from jobreactor.storage.ledger import Operation
+from jobreactor.storage.ledger_redis import RedisLedger
 from jobreactor.testing import LocalCluster
+from tests.storage.conftest import RedisServer
 
 # -- group commit, on a fake storage --------------------------------------------------------
 
@@ -155,9 +159,23 @@ def handlers() -> HandlerRegistry:
 clock_of: list[Clock] = [Clock()]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for this module; each test takes a prefix of its own."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-durability"), appendonly=False)
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return f"sqlite:{tmp_path / 'distributor.db'}" if request.param == "sqlite" else "memory"
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'distributor.db'}"
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return f"{url}?prefix={uuid.uuid4().hex[:8]}&timeout=2"
+    return "memory"
 
 
 async def settle(cluster: LocalCluster, done: Callable[[], bool] | None = None) -> None:
@@ -185,7 +203,7 @@ async def result_of(cluster: LocalCluster, deferred: Deferred[Any]) -> Any:
 
 async def started(
     registry: JobRegistry,
-    storage: str,
+    storage: str | Any,
     handlers: HandlerRegistry | None = None,
     config: Config | None = None,
 ) -> LocalCluster:
@@ -302,6 +320,32 @@ async def test_outcomes_expire_after_result_ttl(registry: JobRegistry, storage_u
     await settle(cluster)
     assert await result_of(cluster, cluster.distributor.outcome(handle.id)) is None
     assert await result_of(cluster, cluster.distributor.outcomes("all")) == []
+    await stopped(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_in_redis_goes_on_past_one_batch(
+    registry: JobRegistry, redis_url: str
+) -> None:
+    """Redis removes a batch of expired outcomes per call; the sweep repeats until none is
+    left, instead of leaving the rest for the next mark (or for ever)."""
+    ledger = RedisLedger(RedisStorage.from_url(f"{redis_url}?prefix={uuid.uuid4().hex[:8]}"))
+    ledger.expire_batch = 3
+    cluster = await started(registry, ledger, config=Config(result_ttl=20))
+    cluster.add_node("worker")
+    handles = [cluster.distributor.enqueue("work", {"n": n}) for n in range(7)]
+    for handle in handles:
+        await result_of(cluster, handle.deferred)
+    assert len(await result_of(cluster, cluster.distributor.outcomes("all"))) == 7
+    cluster.advance(30)
+    left: list[Outcome] = []
+    for _ in range(100):  # each sweep is a round trip to Redis, then one more sweep is due
+        await deferLater(reactor, 0.01, lambda: None)
+        cluster.advance(0)
+        left = await result_of(cluster, cluster.distributor.outcomes("all"))
+        if not left:
+            break
+    assert left == []
     await stopped(cluster)
 
 
