@@ -355,3 +355,24 @@ def test_retry_of_an_unfinished_job_fails_its_deferred(registry: JobRegistry) ->
     errors: list[Any] = []
     cluster.distributor.retry(waiting.id).addErrback(errors.append)
     assert errors and errors[0].check(ValueError), "a failed Deferred, as documented"
+
+
+def test_a_resend_that_crosses_its_outcome_does_not_run_the_job_again(
+    registry: JobRegistry,
+) -> None:
+    cluster = LocalCluster(registry)
+    cluster.add_node("worker")
+    client = cluster.add_client("app")
+    successes: list[dict[str, Any]] = []
+    handle = client.enqueue("work", {"n": 1}, success=successes.append)
+    client.submitter._send()  # the Enqueue box is written now ...
+    cluster._pumps["app"].pump()  # ... and reaches the distributor
+    cluster.freeze("app")
+    cluster.run()  # the job runs; its outcome waits on the wire to the client
+    assert ran == [("work", 1)] and not handle.done
+    client.submitter.connected(client.submitter.protocol)  # as after a reconnect: resend all
+    cluster.thaw("app")  # the resend reaches the distributor before the outcome's answer
+    cluster.run()
+    assert ran == [("work", 1)], "the resend was taken as the job it already had"
+    assert len(successes) == 1 and handle.done
+    cluster.stop()
