@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 
-from jobreactor import Config, JobRegistry, job
+from jobreactor import Client, Config, JobRegistry, job
 from jobreactor.definitions import registering_into
 from jobreactor.distributor.ledger import RETRY_FIRST, GroupCommit
 from jobreactor.results import HandlerRegistry, Outcome, on_result, registering_handlers_into
@@ -51,7 +51,12 @@ class RecordingStorage:
 
 def fired(deferred: Deferred[Any]) -> bool:
     seen: list[Any] = []
-    deferred.addBoth(lambda result: seen.append(result) or result)
+
+    def note(result: Any) -> Any:
+        seen.append(result)
+        return result
+
+    deferred.addBoth(note)
     return bool(seen)
 
 
@@ -101,9 +106,16 @@ def test_group_commit_holds_a_failed_batch_and_its_waiters_until_a_retry_writes_
 
 def test_group_commit_on_memory_applies_at_once() -> None:
     written: list[list[Operation]] = []
-    storage = attrs.make_class("Memory", {"durable": attrs.field(default=False)})()
-    storage.write = lambda operations: written.append(operations) or succeed(None)
-    commit = GroupCommit(storage, Clock())
+
+    @attrs.define
+    class Memory:
+        durable: bool = False
+
+        def write(self, operations: list[Operation]) -> Deferred[None]:
+            written.append(operations)
+            return succeed(None)
+
+    commit = GroupCommit(Memory(), Clock())
     commit.add(("drop", "a"))
     assert written == [[("drop", "a")]]
     assert fired(commit.written())
@@ -170,6 +182,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "redis", "memory"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _storage_url(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _storage_url(request, tmp_path)
+
+
+def _storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:{tmp_path / 'distributor.db'}"
     if request.param == "redis":
@@ -214,7 +235,16 @@ async def started(
 
 
 async def stopped(cluster: LocalCluster) -> None:
-    await result_of(cluster, cluster.stop())
+    """Stop the cluster; time moves on, for a distributor that waits for a frozen node."""
+    seen: list[Any] = []
+    cluster.stop().addBoth(seen.append)
+    for _ in range(200):
+        cluster.run()
+        if seen:
+            return
+        await deferLater(reactor, 0.002, lambda: None)
+        cluster.clock.advance(0.1)
+    raise AssertionError("the cluster did not stop")
 
 
 @pytest_twisted.ensureDeferred
@@ -370,9 +400,67 @@ def test_a_resend_that_crosses_its_outcome_does_not_run_the_job_again(
     cluster.freeze("app")
     cluster.run()  # the job runs; its outcome waits on the wire to the client
     assert ran == [("work", 1)] and not handle.done
-    client.submitter.connected(client.submitter.protocol)  # as after a reconnect: resend all
+    protocol = client.submitter.protocol
+    assert protocol is not None
+    client.submitter.connected(protocol)  # as after a reconnect: resend all
     cluster.thaw("app")  # the resend reaches the distributor before the outcome's answer
     cluster.run()
     assert ran == [("work", 1)], "the resend was taken as the job it already had"
     assert len(successes) == 1 and handle.done
     cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_of_a_node_that_never_comes_back_are_rerouted_after_a_restart(
+    registry: JobRegistry, tmp_path: Path
+) -> None:
+    storage = f"sqlite:{tmp_path / 'distributor.db'}"
+    config = Config(node_grace_period=10)
+    first = await started(registry, storage, config=config)
+    first.add_node("lost", slots=1)
+    first.freeze("lost")  # it takes the job, then is never heard of again
+    handle = first.distributor.enqueue("work", {"n": 1})
+    await result_of(first, handle.accepted)
+    await settle(first)
+    assert [info.holding for info in first.distributor.nodes()] == [1]
+    await stopped(first)
+
+    second = await started(registry, storage, config=config)
+    second.add_node("other")
+    await settle(second)
+    assert ran == [], "it stays the lost node's for the grace period"
+    second.advance(11)
+    await settle(second, lambda: bool(ran))
+    assert ran == [("work", 1)]
+    await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outcome_for_an_absent_client_survives_a_restart(
+    registry: JobRegistry, durable_url: str
+) -> None:
+    storage_url = durable_url
+    first = await started(registry, storage_url)
+    client = first.add_client("app")
+    handle = client.enqueue("work", {"n": 1})
+    await result_of(first, handle.accepted)
+    first.disconnect("app")
+    first.add_node("worker")  # the job runs while its client is away
+    await settle(first, lambda: bool(ran))
+    await settle(first)
+    await stopped(first)
+
+    second = await started(registry, storage_url)
+    collected: list[dict[str, Any]] = []
+    second.clients["app"] = Client(
+        "memory:", name="app", clock=second.clock, on_unknown_outcome=collected.append
+    )
+    second.connect_client("app")
+    await settle(second, lambda: bool(collected))
+    assert [(report["job_id"], report["args"]["done"]) for report in collected] == [
+        (handle.id, True)
+    ]
+    stored = await result_of(second, second.distributor.outcomes("undelivered"))
+    assert stored == [], "delivered now"
+    second.disconnect("app")
+    await stopped(second)
