@@ -25,9 +25,10 @@ from jobreactor import Client, Config, JobRegistry, job
 from jobreactor.definitions import registering_into
 from jobreactor.distributor.ledger import RETRY_FIRST, GroupCommit
 from jobreactor.results import HandlerRegistry, Outcome, on_result, registering_handlers_into
-from jobreactor.storage import RedisStorage
+from jobreactor.storage import RedisStorage, SQLiteStorage
 from jobreactor.storage.ledger import Operation
 from jobreactor.storage.ledger_redis import RedisLedger
+from jobreactor.storage.ledger_sqlite import SQLiteLedger
 from jobreactor.testing import LocalCluster
 from tests.storage.conftest import RedisServer
 
@@ -464,3 +465,24 @@ async def test_an_outcome_for_an_absent_client_survives_a_restart(
     assert stored == [], "delivered now"
     second.disconnect("app")
     await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_of_enqueues_is_one_write_to_sqlite(
+    registry: JobRegistry, tmp_path: Path
+) -> None:
+    batches: list[list[str]] = []
+
+    class CountingLedger(SQLiteLedger):
+        def write(self, operations: list[Operation]) -> Deferred[None]:
+            batches.append([operation[0] for operation in operations])
+            return super().write(operations)
+
+    ledger = CountingLedger(SQLiteStorage(str(tmp_path / "distributor.db")))
+    cluster = await started(registry, ledger)
+    handles = [cluster.distributor.enqueue("work", {"n": n}) for n in range(100)]
+    assert not any(fired(handle.accepted) for handle in handles), "not before the write"
+    await settle(cluster)
+    assert batches == [["job"] * 100], "one transaction for the turn's 100 jobs"
+    assert all(fired(handle.accepted) for handle in handles)
+    await stopped(cluster)
