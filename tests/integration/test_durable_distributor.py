@@ -179,10 +179,11 @@ async def test_standalone_distributor_killed_in_a_burst_loses_no_acknowledged_jo
 
         def on_accepted(_: Any, n: int) -> None:
             accepted.add(n)
-            if len(accepted) == total // 4 and not killed.called:
+            if len(accepted) == total // 5 and not killed.called:
                 killed.callback(None)
 
         handles = []
+        acknowledged_at_kill: set[int] = set()
         for n in range(total):
             args = {"n": n, "log": str(job_log), "handled_log": str(handled_log)}
             handle = client.enqueue("log_run", args, success=lambda a: successes.update([a["n"]]))
@@ -190,10 +191,13 @@ async def test_standalone_distributor_killed_in_a_burst_loses_no_acknowledged_jo
             handles.append(handle)
             if n % 250 == 249:
                 await deferLater(reactor, 0.01, lambda: None)  # a burst over many turns
-        await bounded(killed)
-        await standalone.kill()
-        acknowledged_at_kill = set(accepted)
-        standalone.start()
+            if n == total // 2:
+                # Half of the burst is enqueued and a fifth acknowledged: kill it now, and
+                # go on enqueueing the other half while it is down and starting again.
+                await bounded(killed)
+                await standalone.kill()
+                acknowledged_at_kill = set(accepted)
+                standalone.start()
         await bounded(defer.gatherResults([handle.deferred for handle in handles]), 60)
 
         ran = Counter(int(line) for line in lines(job_log))
