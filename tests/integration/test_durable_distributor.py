@@ -279,7 +279,7 @@ async def test_reports_made_while_the_distributor_was_down_are_delivered_once(
         handles = [
             client.enqueue(
                 "slow_log",
-                {"n": n, "seconds": 1.0, "log": str(job_log), "handled_log": str(handled_log)},
+                {"n": n, "seconds": 1.5, "log": str(job_log), "handled_log": str(handled_log)},
                 success=lambda a: successes.update([a["n"]]),
             )
             for n in range(total)
@@ -287,7 +287,7 @@ async def test_reports_made_while_the_distributor_was_down_are_delivered_once(
         await bounded(defer.gatherResults([handle.accepted for handle in handles]))
         await until(lambda: len(lines(job_log)) == total, what="every job started")
         await standalone.kill()
-        await deferLater(reactor, 1.5, lambda: None)  # the jobs finish: reports wait on the node
+        await deferLater(reactor, 2.0, lambda: None)  # the jobs finish: reports wait on the node
         assert successes == Counter(), "no outcome without the distributor"
         standalone.start()
         await bounded(defer.gatherResults([handle.deferred for handle in handles]))

@@ -486,3 +486,23 @@ async def test_a_turn_of_enqueues_is_one_write_to_sqlite(
     assert batches == [["job"] * 100], "one transaction for the turn's 100 jobs"
     assert all(fired(handle.accepted) for handle in handles)
     await stopped(cluster)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handler_that_finished_does_not_run_again_after_a_clean_restart(
+    registry: JobRegistry, handlers: HandlerRegistry, durable_url: str
+) -> None:
+    first = await started(registry, durable_url, handlers)
+    first.add_node("worker")
+    handle = first.distributor.enqueue("flaky", {"n": 1})  # its handler succeeds
+    with pytest.raises(Exception, match="first run fails"):
+        await result_of(first, handle.deferred)
+    await settle(first, lambda: len(handler_calls) == 1)
+    await stopped(first)
+
+    second = await started(registry, durable_url, handlers)
+    await settle(second)
+    assert len(handler_calls) == 1, "exactly once when nothing crashes"
+    stored = await result_of(second, second.distributor.outcome(handle.id))
+    assert stored.handled == "handled"
+    await stopped(second)
