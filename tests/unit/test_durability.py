@@ -506,3 +506,23 @@ async def test_a_handler_that_finished_does_not_run_again_after_a_clean_restart(
     stored = await result_of(second, second.distributor.outcome(handle.id))
     assert stored.handled == "handled"
     await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delayed_job_runs_at_its_time_after_a_restart(
+    registry: JobRegistry, durable_url: str
+) -> None:
+    first = await started(registry, durable_url)
+    handle = first.distributor.enqueue("work", {"n": 1}, after=30)
+    await result_of(first, handle.accepted)
+    await stopped(first)
+
+    second = await started(registry, durable_url)
+    second.add_node("worker")
+    second.advance(29)
+    await settle(second)
+    assert ran == [], "not before its time"
+    second.advance(2)
+    await settle(second, lambda: bool(ran))
+    assert ran == [("work", 1)]
+    await stopped(second)
