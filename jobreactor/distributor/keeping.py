@@ -180,6 +180,9 @@ class Keeping:
 
     def _handle(self: Distributor, outcome: Outcome, attempt: int = 1) -> None:
         """Run the outcome's handlers; mark it handled when all succeeded."""
+        self._handler_retries.pop(outcome.job_id, None)
+        if not self.running:
+            return  # stopped: the outcome stays pending, its handlers run at the next start
         handlers = self.handlers.for_name(outcome.name)
         if not handlers:
             self._ledger.add(("handled", outcome.job_id, HANDLER_DONE))
@@ -224,7 +227,9 @@ class Keeping:
                 self._ledger.add(("handled", outcome.job_id, HANDLER_GAVE_UP))
                 return
             pause = min(HANDLER_PAUSE * 2 ** (attempt - 1), HANDLER_PAUSE_MAX)
-            self._clock.callLater(pause, self._handle, outcome, attempt + 1)
+            self._handler_retries[outcome.job_id] = self._clock.callLater(
+                pause, self._handle, outcome, attempt + 1
+            )
 
         running = Deferred.fromCoroutine(together())
         self._handler_runs[outcome.job_id] = running

@@ -101,6 +101,8 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         #: Result handlers by job name: the application's ``@on_result`` functions by default.
         self.handlers = handlers if handlers is not None else default_handlers
         self._handler_runs: dict[str, Deferred[Any]] = {}
+        #: Handlers that failed, waiting for their next attempt (cancelled at stop).
+        self._handler_retries: dict[str, IDelayedCall] = {}
         self._seq: int = 0
         self._expiry_call: IDelayedCall | None = None
         self._expiry_marks: deque[float] = deque()
@@ -154,10 +156,12 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         """Stop taking nodes and sending jobs; wait (at most ``STOP_WAIT`` s) for the
         ``RunJobs`` boxes already sent to be answered, then close every connection."""
         super().stopService()
-        for timer in [self._dispatch_call, *self._grace_timers.values()]:
+        timers = [self._dispatch_call, *self._grace_timers.values()]
+        for timer in [*timers, *self._handler_retries.values()]:
             if timer is not None and timer.active():
                 timer.cancel()
         self._grace_timers.clear()
+        self._handler_retries.clear()
         self._dispatch_call = None
         if self._expiry_call is not None and self._expiry_call.active():
             self._expiry_call.cancel()

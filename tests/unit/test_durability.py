@@ -526,3 +526,24 @@ async def test_a_delayed_job_runs_at_its_time_after_a_restart(
     await settle(second, lambda: bool(ran))
     assert ran == [("work", 1)]
     await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_distributor_retries_no_handler_and_the_next_start_does(
+    registry: JobRegistry, handlers: HandlerRegistry, tmp_path: Path
+) -> None:
+    storage = f"sqlite:{tmp_path / 'distributor.db'}"
+    first = await started(registry, storage, handlers)
+    first.add_node("worker")
+    handle = first.distributor.enqueue("work", {"n": 1})  # its handler raises: retry in 1 s
+    await result_of(first, handle.deferred)
+    await settle(first, lambda: len(handler_calls) == 1)
+    await stopped(first)
+    first.clock.advance(60)
+    await settle(first)
+    assert len(handler_calls) == 1, "no handler runs in a stopped distributor"
+
+    second = await started(registry, storage, handlers)
+    await settle(second, lambda: len(handler_calls) == 2)
+    assert (await result_of(second, second.distributor.outcome(handle.id))).handled == "pending"
+    await stopped(second)
