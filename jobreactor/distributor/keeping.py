@@ -324,6 +324,9 @@ class Keeping:
         swept.addCallback(more_due)
         swept.addErrback(self._log_failure, "removing expired outcomes")
         swept.addBoth(lambda _: self._schedule_expiry())
+        # A stop waits for it: closing the storage under it would fail it (and log that).
+        self._sweeping = swept
+        swept.addBoth(lambda _: setattr(self, "_sweeping", None))
 
 
 class _HandlerFailed(Exception):

@@ -105,6 +105,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         self._handler_retries: dict[str, IDelayedCall] = {}
         self._seq: int = 0
         self._expiry_call: IDelayedCall | None = None
+        self._sweeping: Deferred[Any] | None = None
         self._expiry_marks: deque[float] = deque()
         #: Fires once storage is open and what it held is loaded (listening comes after).
         self._loaded: Deferred[None] | None = None
@@ -315,8 +316,10 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
     async def _write_last(self) -> None:
         """Let running result handlers end and every change be written (handled marks
         too, so a clean stop never runs a handler twice)."""
-        while self._handler_runs or not self._ledger.idle:
+        while self._handler_runs or not self._ledger.idle or self._sweeping is not None:
             runs = list(self._handler_runs.values())
+            if self._sweeping is not None:
+                runs.append(self._sweeping)
             if runs:
                 await DeferredList(runs, consumeErrors=True)
             await self._ledger.written()

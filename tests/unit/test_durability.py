@@ -20,6 +20,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
 
 from jobreactor import Client, Config, JobRegistry, job
 from jobreactor.definitions import registering_into
@@ -547,3 +548,27 @@ async def test_a_stopped_distributor_retries_no_handler_and_the_next_start_does(
     await settle(second, lambda: len(handler_calls) == 2)
     assert (await result_of(second, second.distributor.outcome(handle.id))).handled == "pending"
     await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_waits_for_an_expiry_sweep_under_way(
+    registry: JobRegistry, redis_url: str
+) -> None:
+    failures: list[Any] = []
+
+    def observe(event: Any) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    url = f"{redis_url}?prefix={uuid.uuid4().hex[:8]}"
+    cluster = await started(registry, url, config=Config(result_ttl=20))
+    cluster.add_node("worker")
+    await result_of(cluster, cluster.distributor.enqueue("work", {"n": 1}).deferred)
+    globalLogPublisher.addObserver(observe)
+    try:
+        cluster.advance(30)  # a sweep starts: a round trip to Redis
+        assert cluster.distributor._sweeping is not None
+        await stopped(cluster)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failures == [], "the storage was closed after the sweep, not under it"
