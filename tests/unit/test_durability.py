@@ -20,7 +20,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from zope.interface import implementer
 
 from jobreactor import Client, Config, JobRegistry, job
 from jobreactor.definitions import registering_into
@@ -556,7 +557,8 @@ async def test_a_stop_waits_for_an_expiry_sweep_under_way(
 ) -> None:
     failures: list[Any] = []
 
-    def observe(event: Any) -> None:
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
         if "log_failure" in event:
             failures.append(event["log_failure"])
 
