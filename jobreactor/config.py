@@ -87,6 +87,25 @@ class Config:
     max_args_bytes: int = attrs.field(
         default=1024 * 1024, validator=_check(int, minimum=1024, maximum=8 * 1024 * 1024)
     )
+    #: Bytes of one AMP box, counted as it arrives; a peer that goes past it is disconnected
+    #: with one log line. Never below what one job of ``max_args_bytes`` needs.
+    max_box_bytes: int = attrs.field(
+        default=20 * 1024 * 1024, validator=_check(int, minimum=64 * 1024)
+    )
+    #: Keys in one AMP box (a long JSON value spans one key per 64 KiB).
+    max_box_keys: int = attrs.field(default=1024, validator=_check(int, minimum=16))
+    #: Jobs, reports or job ids in one command; more is refused as ``BAD_MESSAGE``.
+    max_items_per_command: int = attrs.field(default=10_000, validator=_check(int, minimum=1))
+    #: How deep job args may nest, checked the same way at enqueue, on the distributor and on
+    #: the node, on the raw bytes before they are parsed.
+    max_nesting_depth: int = attrs.field(default=64, validator=_check(int, minimum=2, maximum=400))
+    #: Characters of a job id, a job name, a node or a client name.
+    max_name_length: int = attrs.field(default=256, validator=_check(int, minimum=16))
+    #: Characters of an error text in a job or report: longer texts made here are cut,
+    #: longer texts from a peer are refused.
+    max_error_length: int = attrs.field(default=8192, validator=_check(int, minimum=256))
+    #: Smallest ``period`` of a periodic job, in seconds (a period of 0 would spin a node).
+    min_period: float = attrs.field(default=0.1, validator=_check(NUMBER, minimum=0.001))
     #: Seconds a distributor keeps a lost node's jobs before giving them to another node.
     node_grace_period: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a new connection may take to say ``Hello`` before the distributor closes it

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from jobreactor.errors import InvalidJobError
+from jobreactor.limits import DEFAULT_LIMITS, Limits, check_name
 from jobreactor.model import MAX_PRIORITY, Job, encode_args
 
 #: The options ``enqueue`` understands; anything else is refused by name.
@@ -89,6 +90,7 @@ def build_job(
     *,
     now: float,
     max_args_bytes: int,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Job:
     """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh uuid4).
 
@@ -96,14 +98,15 @@ def build_job(
     the distributor is not pushed later by the wait.
     """
     if not isinstance(name, str) or not name:
-        raise InvalidJobError(f"a job name must be a non-empty string, not {name!r}")
+        raise InvalidJobError(f"a job name must be a non-empty string, not {name!r:.80}")
+    check_name(name, "the job name", limits)
     unknown = sorted(set(options) - ENQUEUE_OPTIONS)
     if unknown:
         raise InvalidJobError(
             f"unknown enqueue option(s): {', '.join(unknown)}; "
             f"the options are: {', '.join(sorted(ENQUEUE_OPTIONS))}"
         )
-    text = encode_args({} if args is None else args, max_args_bytes)
+    text = encode_args({} if args is None else args, max_args_bytes, limits.max_depth)
     if options.get("after") is not None and options.get("run_at") is not None:
         raise InvalidJobError("give after or run_at, not both")
     run_at = None
@@ -114,9 +117,16 @@ def build_job(
     period = options.get("period")
     if period is not None:
         period = _seconds("period", period, positive=True)
+        if period < limits.min_period:
+            raise InvalidJobError(
+                f"period must be at least {limits.min_period} s (JR.config.min_period), "
+                f"not {period!r}"
+            )
     node = options.get("node")
     if node is not None and (not isinstance(node, str) or not node):
-        raise InvalidJobError(f"node must be a node name, not {node!r}")
+        raise InvalidJobError(f"node must be a node name, not {node!r:.80}")
+    if node is not None:
+        check_name(node, "node", limits)
     max_attempt = options.get("max_attempt")
     if max_attempt is not None and (
         isinstance(max_attempt, bool) or not isinstance(max_attempt, int) or max_attempt < 1

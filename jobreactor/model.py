@@ -15,6 +15,13 @@ from typing import Any
 import attrs
 
 from jobreactor.errors import ArgsTooLargeError, InvalidJobError
+from jobreactor.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_error_text,
+    check_name,
+    has_lone_surrogate,
+)
 
 
 class Status(enum.StrEnum):
@@ -56,17 +63,28 @@ def _optional_number(value: Any, field: str) -> float | None:
     return number
 
 
-def _check_structure(args: dict[str, Any]) -> None:
+def _at_least(value: float | None, minimum: float, field: str, setting: str = "") -> None:
+    if value is not None and value < minimum:
+        where = f" ({setting})" if setting else ""
+        raise InvalidJobError(f"{field} must be at least {minimum}{where}, not {value!r}")
+
+
+def _check_structure(args: dict[str, Any], max_depth: int = DEFAULT_LIMITS.max_depth) -> None:
     """Refuse a key that is not a string and a NaN or infinite float, at any depth.
 
     ``json.dumps`` would silently turn ``1``, ``True`` or ``None`` keys into strings (so the
     job would see other keys than the caller gave), fail with a bare ``TypeError`` on other
     keys and say only "Out of range float values" for NaN; the message names the path.
     """
-    pending: list[tuple[str, Any]] = [("args", args)]
+    pending: list[tuple[str, Any, int]] = [("args", args, 1)]
     seen: set[int] = set()
     while pending:
-        path, value = pending.pop()
+        path, value, depth = pending.pop()
+        if isinstance(value, (dict, list, tuple)) and depth > max_depth:
+            raise InvalidJobError(
+                f"job args are nested too deeply: more than {max_depth} levels at "
+                f"{path[:80]}{'...' if len(path) > 80 else ''} (JR.config.max_nesting_depth)"
+            )
         if isinstance(value, dict):
             if id(value) in seen:
                 continue  # a circular reference: json.dumps reports it
@@ -77,12 +95,14 @@ def _check_structure(args: dict[str, Any]) -> None:
                         f"job args keys must be strings; {path} has the "
                         f"{type(key).__name__} key {key!r}"
                     )
-                pending.append((f"{path}[{key!r}]", item))
+                pending.append((f"{path}[{key!r}]", item, depth + 1))
         elif isinstance(value, (list, tuple)):
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            pending.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+            pending.extend(
+                (f"{path}[{index}]", item, depth + 1) for index, item in enumerate(value)
+            )
         elif isinstance(value, float) and not math.isfinite(value):
             raise InvalidJobError(
                 f"job args must be JSON-serializable; {path} is {value!r} "
@@ -90,15 +110,16 @@ def _check_structure(args: dict[str, Any]) -> None:
             )
 
 
-def encode_args(args: Any, limit: int) -> str:
+def encode_args(args: Any, limit: int, max_depth: int = DEFAULT_LIMITS.max_depth) -> str:
     """Return the JSON text of ``args`` or raise :class:`InvalidJobError` saying why not.
 
     Runs in the caller's thread at ``enqueue`` so that a bad value is reported where it was
-    made, before anything is sent.
+    made, before anything is sent; the distributor and the node run it again on what a peer
+    sent, with the same limits.
     """
     if not isinstance(args, dict):
         raise InvalidJobError(f"job args must be a dict, not {type(args).__name__}")
-    _check_structure(args)
+    _check_structure(args, max_depth)
 
     def refuse(value: Any) -> Any:
         raise InvalidJobError(
@@ -113,6 +134,8 @@ def encode_args(args: Any, limit: int) -> str:
         raise InvalidJobError(f"job args must be JSON-serializable: {error}") from None
     except RecursionError:
         raise InvalidJobError("job args are nested too deeply to be sent as JSON") from None
+    if "\\ud" in text and has_lone_surrogate(args):
+        raise InvalidJobError("job args hold a string with a lone surrogate: not valid Unicode")
     size = len(text.encode("utf-8"))
     if size > limit:
         raise ArgsTooLargeError(
@@ -165,8 +188,12 @@ class Job:
         return data
 
     @classmethod
-    def from_wire(cls, data: Any) -> Job:
-        """Build a job from its wire form, naming the first field that is wrong."""
+    def from_wire(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> Job:
+        """Build a job from its wire form, naming the first field that is wrong.
+
+        Every field is checked against ``limits``, the args too (depth, size, Unicode), so
+        a job this accepts is one every node with the same settings can start.
+        """
         if not isinstance(data, dict):
             raise InvalidJobError(f"a job must be a JSON object, not {type(data).__name__}")
         known = attrs.fields_dict(cls)
@@ -176,12 +203,11 @@ class Job:
         for required in ("id", "name", "args"):
             if required not in data:
                 raise InvalidJobError(f"job field {required!r} is missing")
-        if not isinstance(data["id"], str) or not data["id"]:
-            raise InvalidJobError("job field 'id' must be a non-empty string")
-        if not isinstance(data["name"], str) or not data["name"]:
-            raise InvalidJobError("job field 'name' must be a non-empty string")
+        check_name(data["id"], "job field 'id'", limits)
+        check_name(data["name"], "job field 'name'", limits)
         if not isinstance(data["args"], dict):
             raise InvalidJobError("job field 'args' must be an object")
+        encode_args(data["args"], limits.max_args_bytes, limits.max_depth)
         values = dict(data)
         try:
             values["status"] = Status(data.get("status", Status.NEW.value))
@@ -203,17 +229,23 @@ class Job:
             "enqueued_at",
         ):
             values[field] = _optional_number(values.get(field), f"job field {field!r}")
+        _at_least(values["timeout"], 0, "job field 'timeout'")
+        _at_least(values["retry_delay"], 0, "job field 'retry_delay'")
+        _at_least(values["period"], limits.min_period, "job field 'period'", "JR.config.min_period")
         max_attempt = values.get("max_attempt")
         if max_attempt is not None and (
             not isinstance(max_attempt, int) or isinstance(max_attempt, bool) or max_attempt < 1
         ):
             raise InvalidJobError("job field 'max_attempt' must be a positive integer")
-        for field in ("node", "distributor", "last_error", "last_error_type"):
-            if values.get(field) is not None and not isinstance(values[field], str):
-                raise InvalidJobError(f"job field {field!r} must be a string")
+        for field in ("node", "distributor", "last_error_type"):
+            if values.get(field) is not None:
+                check_name(values[field], f"job field {field!r}", limits)
+        check_error_text(values.get("last_error"), "job field 'last_error'", limits)
         not_node = values.get("not_node", [])
-        if not isinstance(not_node, list) or not all(isinstance(n, str) for n in not_node):
+        if not isinstance(not_node, list) or len(not_node) > limits.max_items:
             raise InvalidJobError("job field 'not_node' must be a list of node names")
+        for name in not_node:
+            check_name(name, "a name in job field 'not_node'", limits)
         values["not_node"] = tuple(not_node)
         priority = values.get("priority", 0)
         if (
@@ -273,16 +305,14 @@ class Report:
         return data
 
     @classmethod
-    def from_wire(cls, data: Any) -> Report:
+    def from_wire(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> Report:
         """Build a report from its wire form, naming the first field that is wrong."""
         if not isinstance(data, dict):
             raise InvalidJobError(f"a report must be a JSON object, not {type(data).__name__}")
         for required in ("job_id", "run", "status", "final"):
             if required not in data:
                 raise InvalidJobError(f"report field {required!r} is missing")
-        job_id = data["job_id"]
-        if not isinstance(job_id, str) or not job_id:
-            raise InvalidJobError("report field 'job_id' must be a non-empty string")
+        job_id = check_name(data["job_id"], "report field 'job_id'", limits)
         run = data["run"]
         if not isinstance(run, int) or isinstance(run, bool) or run < 0:
             raise InvalidJobError(f"report field 'run' of job {job_id} must be an integer")
@@ -305,9 +335,16 @@ class Report:
             args = {}
         if not isinstance(args, dict):
             raise InvalidJobError(f"report field 'args' of job {job_id} must be an object")
-        for field in ("error", "error_type", "traceback"):
-            if data.get(field) is not None and not isinstance(data[field], str):
-                raise InvalidJobError(f"report field {field!r} of job {job_id} must be a string")
+        try:
+            encode_args(args, limits.max_args_bytes, limits.max_depth)
+        except InvalidJobError as error:
+            raise InvalidJobError(f"report of job {job_id}: {error}") from None
+        check_error_text(data.get("error"), f"report field 'error' of job {job_id}", limits)
+        if data.get("error_type") is not None:
+            check_name(data["error_type"], f"report field 'error_type' of job {job_id}", limits)
+        check_error_text(
+            data.get("traceback"), f"report field 'traceback' of job {job_id}", limits
+        )
         run_at = _optional_number(data.get("run_at"), f"report field 'run_at' of job {job_id}")
         attempt = data.get("attempt", 0)
         if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:

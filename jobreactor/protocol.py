@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -22,6 +23,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from jobreactor.errors import JobReactorError
+from jobreactor.limits import DEFAULT_LIMITS, Limits, loads_bounded, printable
 
 _log = Logger()
 
@@ -117,10 +119,18 @@ class JSON(amp.Argument):
             index += 1
             if index > MAX_JSON_CHUNKS + 1:
                 raise BadMessage(f"argument {key!r} spans more than {MAX_JSON_CHUNKS} keys")
+        limits = getattr(proto, "limits", DEFAULT_LIMITS)
         try:
-            objects[key] = json.loads(b"".join(parts))
+            # Two levels above a job's args: the list of items and the item itself.
+            value = loads_bounded(b"".join(parts), limits.max_depth + 2)
         except (ValueError, RecursionError) as error:
             raise BadMessage(f"argument {key!r} is not valid JSON: {error}") from None
+        if isinstance(value, list) and len(value) > limits.max_items:
+            raise BadMessage(
+                f"argument {key!r} has {len(value)} items, above the limit of "
+                f"{limits.max_items} per command (JR.config.max_items_per_command)"
+            )
+        objects[key] = value
 
 
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
@@ -173,6 +183,146 @@ class JobReactorAMP(amp.AMP):
     _heartbeat_clock: IReactorTime | None = None
     _heartbeat_call: IDelayedCall | None = None
     _last_heard = 0.0
+    #: The bounds this connection enforces; the distributor and node set theirs from config.
+    limits: Limits = DEFAULT_LIMITS
+    #: The peer's name once it said Hello (for log lines), else None.
+    peer_name: str | None = None
+    _box_bytes = 0
+    _box_keys = 0
+    _refused = False
+
+    def describe_peer(self) -> str:
+        """The peer for a log line: its name if known, and its address."""
+        address = self.transport.getPeer() if self.transport is not None else None
+        if self.peer_name is None:
+            return str(address)
+        return f"{printable(self.peer_name, 80)} ({address})"
+
+    # -- bytes and keys of a box, counted as they arrive ----------------------------------
+
+    def proto_init(self, string: bytes) -> str:
+        self._box_bytes = 0
+        self._box_keys = 0
+        return super().proto_init(string)  # type: ignore[no-any-return]
+
+    def proto_key(self, string: bytes) -> str:
+        if string:
+            self._box_keys += 1
+            self._box_bytes += len(string) + 2
+            if self._box_keys > self.limits.max_box_keys:
+                return self._refuse_box(f"more than {self.limits.max_box_keys} keys")
+        return super().proto_key(string)  # type: ignore[no-any-return]
+
+    def proto_value(self, string: bytes) -> str:
+        self._box_bytes += len(string) + 2
+        if self._box_bytes > self.limits.box_bytes:
+            return self._refuse_box(f"more than {self.limits.box_bytes} bytes")
+        return super().proto_value(string)  # type: ignore[no-any-return]
+
+    def proto_refused(self, string: bytes) -> str:
+        return "refused"
+
+    def _refuse_box(self, what: str) -> str:
+        """A box past the limits: drop what came of it and the connection, in one log line."""
+        self._currentBox = None
+        if not self._refused:
+            self._refused = True
+            _log.warn(
+                "closing connection from {peer}: a box with {what} "
+                "(JR.config.max_box_bytes / max_box_keys)",
+                peer=self.describe_peer(),
+                what=what,
+            )
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+        return "refused"
+
+    # -- answering commands: errors are the peer's, one warning line each --------------------
+
+    def _commandReceived(self, box: amp.AmpBox) -> None:
+        """As AMP's, except that an error answered to the peer is one warning line (its
+        description cut, never a traceback of the peer's bytes), a command sent without
+        ``_ask`` that fails is logged the same way instead of dropping the connection, and
+        an answer that cannot be encoded becomes an error answer."""
+        command = printable(box.get(amp.COMMAND, b"?").decode("ascii", "replace"), 60)
+        deferred: Deferred[Any] = self.dispatchCommand(box)
+        deferred.addErrback(self._peer_error, command)
+        if amp.ASK not in box:
+            deferred.addErrback(lambda failure: None)
+            return
+        ask = box[amp.ASK]
+
+        def answer(result: amp.AmpBox) -> amp.AmpBox:
+            result[amp.ANSWER] = ask
+            return result
+
+        def error_box(failure: Failure) -> amp.AmpBox:
+            error: Any = failure.value
+            reply: amp.AmpBox = amp.AmpBox()
+            reply[amp.ERROR] = ask
+            reply[amp.ERROR_CODE] = error.errorCode
+            description = error.description
+            if isinstance(description, str):
+                description = description.encode("utf-8", "backslashreplace")
+            reply[amp.ERROR_DESCRIPTION] = description
+            return reply
+
+        def emit(reply: amp.AmpBox) -> None:
+            try:
+                reply._sendTo(self.boxSender)
+            except (amp.ProtocolSwitched, ConnectionLost):
+                pass
+            except Exception as error:  # an answer too large for AMP, say
+                _log.warn(
+                    "could not answer {command} from {peer}: {error}",
+                    command=command,
+                    peer=self.describe_peer(),
+                    error=printable(error),
+                )
+                fallback = amp.AmpBox()
+                fallback[amp.ERROR] = ask
+                fallback[amp.ERROR_CODE] = b"BAD_MESSAGE"
+                fallback[amp.ERROR_DESCRIPTION] = b"the answer could not be encoded"
+                with contextlib.suppress(Exception):
+                    fallback._sendTo(self.boxSender)
+
+        deferred.addCallbacks(answer, error_box)
+        deferred.addCallback(emit)
+        deferred.addErrback(self._log_bug, command)
+
+    def _peer_error(self, failure: Failure, command: str) -> Failure:
+        """Log an error to be answered to the peer and make it a short ``RemoteAmpError``."""
+        if failure.check(amp.RemoteAmpError):
+            error: Any = failure.value
+            code = error.errorCode
+            description = error.description
+            if isinstance(description, bytes):
+                description = description.decode("utf-8", "replace")
+            short = printable(description, 500)
+            _log.warn(
+                "{command} from {peer} refused ({code}): {description}",
+                command=command,
+                peer=self.describe_peer(),
+                code=printable(code.decode("ascii", "replace"), 40),
+                description=short,
+            )
+            return Failure(amp.RemoteAmpError(code, short))
+        # Not the peer's fault: a bug on this side. The traceback is ours, not its bytes.
+        _log.failure(
+            "answering {command} from {peer} failed",
+            failure,
+            command=command,
+            peer=self.describe_peer(),
+        )
+        return Failure(amp.RemoteAmpError(b"UNKNOWN", "internal error on the receiving side"))
+
+    def _log_bug(self, failure: Failure, command: str) -> None:
+        _log.failure(
+            "answering {command} from {peer} failed",
+            failure,
+            command=command,
+            peer=self.describe_peer(),
+        )
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -184,16 +334,19 @@ class JobReactorAMP(amp.AMP):
                 set_no_delay(True)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._heartbeat_clock is not None:
             self._last_heard = self._heartbeat_clock.seconds()
         try:
             super().dataReceived(data)
         except Exception as error:
             # Bytes that are no AMP (a port scanner, a stray client): one line, not a traceback.
+            self._refused = True
             _log.warn(
                 "closing connection from {peer}: not the jobreactor protocol ({error})",
-                peer=self.transport.getPeer() if self.transport else None,
-                error=repr(error)[:200],
+                peer=self.describe_peer(),
+                error=printable(repr(error)),
             )
             if self.transport is not None:
                 self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -207,13 +360,21 @@ class JobReactorAMP(amp.AMP):
         self._heartbeat_clock = clock
         self._last_heard = clock.seconds()
 
+        due = [clock.seconds() + interval]
+
         def beat() -> None:
-            silent = clock.seconds() - self._last_heard
+            now = clock.seconds()
+            if now - due[0] > interval:
+                # This process was frozen (a long callback, a stopped process, a swapped-out
+                # machine): the peer's bytes may be waiting unread. Count from now.
+                self._last_heard = max(self._last_heard, now)
+            due[0] = now + interval
+            silent = now - self._last_heard
             if silent >= timeout:
                 self._heartbeat_call = None
                 _log.warn(
                     "peer {peer} silent for {seconds:.1f} s: dropping the connection",
-                    peer=self.transport.getPeer() if self.transport else None,
+                    peer=self.describe_peer(),
                     seconds=silent,
                 )
                 if self.transport is not None:
@@ -248,10 +409,10 @@ class JobReactorAMP(amp.AMP):
             try:
                 result: Deferred[Any] = responder(box)
             except BadMessage as error:
-                return fail(amp.RemoteAmpError(b"BAD_MESSAGE", str(error)))
+                return fail(amp.RemoteAmpError(b"BAD_MESSAGE", printable(str(error), 500)))
             except Exception as error:
                 return fail(
-                    amp.RemoteAmpError(b"BAD_MESSAGE", f"malformed argument: {error!r:.200}")
+                    amp.RemoteAmpError(b"BAD_MESSAGE", f"malformed argument: {printable(error)}")
                 )
             return result
 

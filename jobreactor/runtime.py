@@ -34,6 +34,7 @@ from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import NotRunningError
 from jobreactor.handle import JobHandle
+from jobreactor.limits import Limits
 from jobreactor.model import Job
 from jobreactor.node import Node
 from jobreactor.results import Outcome
@@ -291,6 +292,7 @@ class JobReactor:
             options,
             now=self.reactor.seconds(),
             max_args_bytes=self.config.max_args_bytes,
+            limits=Limits.from_config(self.config),
         )
         handle = JobHandle(job.id, job.name, self._cancel)
         if isinstance(target, Client) or target.storage.durable:

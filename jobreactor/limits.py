@@ -1,0 +1,179 @@
+"""The bounds on what one peer may send, shared by the distributor, nodes and clients.
+
+Every limit is a setting of :class:`~jobreactor.config.Config`; :class:`Limits` is the
+frozen copy a protocol, the job model and ``enqueue`` check against. The checks here run on
+the raw bytes or on already-parsed values and are cheap: a hostile peer must be refused
+before it costs memory or CPU in proportion to what it claims, and the same limit must hold
+on the distributor and on the node (a job one side accepts and the other cannot handle
+would be lost between them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from jobreactor.errors import InvalidJobError
+
+if TYPE_CHECKING:
+    from jobreactor.config import Config
+
+#: Bytes of a job or report besides its args: ids, names, times, and two error texts.
+FIELDS_BYTES = 16 * 1024
+
+
+@attrs.frozen
+class Limits:
+    """What one box, one command and one job may hold (see ``docs/hostile-input.md``)."""
+
+    #: Bytes of one AMP box, counted as it streams in (keys, values and their length prefixes).
+    max_box_bytes: int = 20 * 1024 * 1024
+    #: Keys in one AMP box.
+    max_box_keys: int = 1024
+    #: Jobs, reports or ids in one command.
+    max_items: int = 10_000
+    #: How deep job args may nest (``{"a": [1]}`` is 2 deep).
+    max_depth: int = 64
+    #: Largest JSON form of one job's args.
+    max_args_bytes: int = 1024 * 1024
+    #: Characters of a job id, job name, node or client name.
+    max_name_length: int = 256
+    #: Characters of an error text carried by a job or report (longer ones are cut by the
+    #: side that makes them, and refused from a peer).
+    max_error_length: int = 8 * 1024
+    #: Smallest ``period`` of a periodic job, in seconds.
+    min_period: float = 0.1
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        return cls(
+            max_box_bytes=config.max_box_bytes,
+            max_box_keys=config.max_box_keys,
+            max_items=config.max_items_per_command,
+            max_depth=config.max_nesting_depth,
+            max_args_bytes=config.max_args_bytes,
+            max_name_length=config.max_name_length,
+            max_error_length=config.max_error_length,
+            min_period=config.min_period,
+        )
+
+    @property
+    def max_item_bytes(self) -> int:
+        """Largest JSON form of one whole job or report: its args plus every other field."""
+        return self.max_args_bytes + 2 * self.max_error_length * 6 + FIELDS_BYTES
+
+    @property
+    def box_bytes(self) -> int:
+        """The box limit in force: never below what one largest job needs."""
+        return max(self.max_box_bytes, self.max_item_bytes + 64 * 1024)
+
+
+DEFAULT_LIMITS = Limits()
+
+# A JSON string (with its escapes), and every byte that is not a bracket.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+# A \u escape that may start a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def deeper_than(data: bytes, limit: int) -> bool:
+    """Whether the JSON text ``data`` nests more than ``limit`` levels deep.
+
+    Runs before ``json.loads``, whose recursion a hostile peer could drive ~1000 levels
+    down (and whose result the node then copies, recursing again). Strings are cut out, then
+    innermost bracket pairs removed one level per pass: the cost is ``limit`` passes of C
+    string work, never a Python loop per byte. Malformed text answers False and is left
+    for ``json.loads`` to refuse.
+    """
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        shorter = _INNERMOST_PAIR.sub(b"", brackets)
+        if len(shorter) == len(brackets):
+            return False
+        brackets = shorter
+    return bool(_INNERMOST_PAIR.search(brackets))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` holds a lone surrogate (not encodable as UTF-8)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def loads_bounded(data: bytes, depth: int) -> Any:
+    """Parse JSON from a peer: valid UTF-8, no NaN/Infinity, no lone surrogate, bounded depth.
+
+    Raises ``ValueError`` saying which rule was broken.
+    """
+    if deeper_than(data, depth):
+        raise ValueError(f"nested more than {depth} levels deep")
+    value = json.loads(data, parse_constant=_refuse_constant)
+    if _SURROGATE_ESCAPE.search(data) and has_lone_surrogate(value):
+        raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff), not valid Unicode")
+    return value
+
+
+def check_name(value: Any, what: str, limits: Limits) -> str:
+    """``value`` as a non-empty name (id, job name, node name) of bounded length."""
+    if not isinstance(value, str) or not value:
+        raise InvalidJobError(f"{what} must be a non-empty string")
+    if len(value) > limits.max_name_length:
+        raise InvalidJobError(
+            f"{what} is {len(value)} characters long, above the limit of "
+            f"{limits.max_name_length} (JR.config.max_name_length)"
+        )
+    if has_lone_surrogate(value):
+        raise InvalidJobError(f"{what} holds a lone surrogate: not valid Unicode")
+    return value
+
+
+def check_error_text(value: Any, what: str, limits: Limits) -> str | None:
+    """An optional error text from a peer: a string of bounded length."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidJobError(f"{what} must be a string")
+    if len(value) > limits.max_error_length:
+        raise InvalidJobError(
+            f"{what} is {len(value)} characters long, above the limit of "
+            f"{limits.max_error_length} (JR.config.max_error_length)"
+        )
+    return value
+
+
+def cut_error_text(text: str, limits: Limits) -> str:
+    """An error text this side made, cut to the limit so the report carrying it can be sent."""
+    if len(text) <= limits.max_error_length:
+        return text
+    marker = " [...cut]"
+    return text[: limits.max_error_length - len(marker)] + marker
+
+
+def printable(value: Any, limit: int = 200) -> str:
+    """``value`` fit for a log line or a terminal: control characters and lone surrogates
+    escaped, and at most ``limit`` characters (a peer's input is never logged whole)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[:limit] + f"...[{len(text) - limit} more]"
+    out = []
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
