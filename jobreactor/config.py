@@ -90,12 +90,12 @@ class Config:
     #: Bytes of one AMP box, counted as it arrives; a peer that goes past it is disconnected
     #: with one log line. Never below what one job of ``max_args_bytes`` needs.
     max_box_bytes: int = attrs.field(
-        default=20 * 1024 * 1024, validator=_check(int, minimum=64 * 1024)
+        default=8 * 1024 * 1024, validator=_check(int, minimum=64 * 1024)
     )
     #: Keys in one AMP box (a long JSON value spans one key per 64 KiB).
     max_box_keys: int = attrs.field(default=1024, validator=_check(int, minimum=16))
     #: Jobs, reports or job ids in one command; more is refused as ``BAD_MESSAGE``.
-    max_items_per_command: int = attrs.field(default=10_000, validator=_check(int, minimum=1))
+    max_items_per_command: int = attrs.field(default=1000, validator=_check(int, minimum=1))
     #: How deep job args may nest, checked the same way at enqueue, on the distributor and on
     #: the node, on the raw bytes before they are parsed.
     max_nesting_depth: int = attrs.field(default=64, validator=_check(int, minimum=2, maximum=400))

@@ -30,11 +30,11 @@ class Limits:
     """What one box, one command and one job may hold (see ``docs/hostile-input.md``)."""
 
     #: Bytes of one AMP box, counted as it streams in (keys, values and their length prefixes).
-    max_box_bytes: int = 20 * 1024 * 1024
+    max_box_bytes: int = 8 * 1024 * 1024
     #: Keys in one AMP box.
     max_box_keys: int = 1024
     #: Jobs, reports or ids in one command.
-    max_items: int = 10_000
+    max_items: int = 1000
     #: How deep job args may nest (``{"a": [1]}`` is 2 deep).
     max_depth: int = 64
     #: Largest JSON form of one job's args.
@@ -73,32 +73,38 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-# A JSON string (with its escapes), and every byte that is not a bracket.
+# A JSON string (with its escapes); opening and closing brackets mapped to "(" and ")",
+# every other byte deleted.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
 # A \u escape that may start a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def deeper_than(data: bytes, limit: int) -> bool:
-    """Whether the JSON text ``data`` nests more than ``limit`` levels deep.
+    """A cheap guard run before ``json.loads``: True if the JSON text ``data`` surely nests
+    more than ``limit`` levels, False if it nests at most ``2 * limit`` levels.
 
-    Runs before ``json.loads``, whose recursion a hostile peer could drive ~1000 levels
-    down (and whose result the node then copies, recursing again). Strings are cut out, then
-    innermost bracket pairs removed one level per pass: the cost is ``limit`` passes of C
-    string work, never a Python loop per byte. Malformed text answers False and is left
-    for ``json.loads`` to refuse.
+    ``json.loads`` recurses once per level (a hostile peer could drive it ~1000 levels down,
+    and the node copies the result, recursing again), so the depth is bounded on the bytes:
+    strings are cut out, brackets kept, and innermost pairs removed, one or two levels per
+    pass, in C string operations rather than a Python loop per byte. The exact limit is
+    checked on the parsed value (:func:`jobreactor.model.encode_args`). Malformed text
+    answers False and is left for ``json.loads`` to refuse.
     """
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    for _ in range(limit):
+    brackets = _JSON_STRING.sub(b"", data).translate(_BRACKETS, _NOT_BRACKETS)
+    too_deep = b"(" * (limit + 1)
+    for _ in range(limit + 1):
         if not brackets:
             return False
-        shorter = _INNERMOST_PAIR.sub(b"", brackets)
+        if too_deep in brackets:
+            return True
+        shorter = brackets.replace(b"()", b"")
         if len(shorter) == len(brackets):
             return False
         brackets = shorter
-    return bool(_INNERMOST_PAIR.search(brackets))
+    return bool(brackets)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -114,14 +120,51 @@ def has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def loads_bounded(data: bytes, depth: int) -> Any:
-    """Parse JSON from a peer: valid UTF-8, no NaN/Infinity, no lone surrogate, bounded depth.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_SPACE = re.compile(r"[ \t\n\r]*")
 
-    Raises ``ValueError`` saying which rule was broken.
+
+class TooManyItems(ValueError):
+    """A JSON list from a peer holds more items than a command may carry."""
+
+
+def _loads(text: str, max_items: int) -> Any:
+    """``json.loads``, except that a top-level list is read item by item and refused at
+    item ``max_items + 1``: a box of millions of tiny items costs no more than the limit."""
+    start = _SPACE.match(text, 0).end()  # type: ignore[union-attr]
+    if not text.startswith("[", start):
+        return _DECODER.decode(text)
+    items: list[Any] = []
+    index = _SPACE.match(text, start + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", index):
+        index += 1
+    else:
+        while True:
+            if len(items) >= max_items:
+                raise TooManyItems(f"more than {max_items} items")
+            item, index = _DECODER.raw_decode(text, index)
+            items.append(item)
+            index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
+            if text.startswith("]", index):
+                index += 1
+                break
+            if not text.startswith(",", index):
+                raise ValueError(f"expected ',' or ']' at character {index}")
+            index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    if _SPACE.match(text, index).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError(f"extra data at character {index}")
+    return items
+
+
+def loads_bounded(data: bytes, depth: int, max_items: int = DEFAULT_LIMITS.max_items) -> Any:
+    """Parse JSON from a peer: valid UTF-8, no NaN/Infinity, no lone surrogate, bounded depth,
+    at most ``max_items`` items in a top-level list.
+
+    Raises ``ValueError`` saying which rule was broken (:class:`TooManyItems` for the last).
     """
     if deeper_than(data, depth):
         raise ValueError(f"nested more than {depth} levels deep")
-    value = json.loads(data, parse_constant=_refuse_constant)
+    value = _loads(data.decode("utf-8"), max_items)
     if _SURROGATE_ESCAPE.search(data) and has_lone_surrogate(value):
         raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff), not valid Unicode")
     return value

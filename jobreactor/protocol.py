@@ -23,7 +23,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from jobreactor.errors import JobReactorError
-from jobreactor.limits import DEFAULT_LIMITS, Limits, loads_bounded, printable
+from jobreactor.limits import DEFAULT_LIMITS, Limits, TooManyItems, loads_bounded, printable
 
 _log = Logger()
 
@@ -122,14 +122,14 @@ class JSON(amp.Argument):
         limits = getattr(proto, "limits", DEFAULT_LIMITS)
         try:
             # Two levels above a job's args: the list of items and the item itself.
-            value = loads_bounded(b"".join(parts), limits.max_depth + 2)
+            value = loads_bounded(b"".join(parts), limits.max_depth + 2, limits.max_items)
+        except TooManyItems:
+            raise BadMessage(
+                f"argument {key!r} has more than {limits.max_items} items "
+                "(JR.config.max_items_per_command)"
+            ) from None
         except (ValueError, RecursionError) as error:
             raise BadMessage(f"argument {key!r} is not valid JSON: {error}") from None
-        if isinstance(value, list) and len(value) > limits.max_items:
-            raise BadMessage(
-                f"argument {key!r} has {len(value)} items, above the limit of "
-                f"{limits.max_items} per command (JR.config.max_items_per_command)"
-            )
         objects[key] = value
 
 

@@ -29,6 +29,7 @@ from jobreactor.config import Config
 from jobreactor.definitions import JobRegistry
 from jobreactor.distributor import Distributor, DistributorProtocol
 from jobreactor.node import Node, NodeProtocol, _DistributorLink
+from jobreactor.protocol import JobReactorAMP
 from jobreactor.results import HandlerRegistry
 from jobreactor.storage import IJobStorage
 
@@ -187,6 +188,23 @@ class LocalCluster:
         )
         client._hello(protocol).addErrback(lambda failure: None)
         self.run()
+
+    def connect_raw(self, name: str, protocol: Any = None) -> iosim.IOPump:
+        """Open a connection to the distributor from ``protocol`` (a bare
+        :class:`~jobreactor.protocol.JobReactorAMP` by default) that says nothing by itself:
+        for tests that send hand-made boxes or bytes. The pump is kept under ``name``."""
+        server = DistributorProtocol(self.distributor)
+        peer = protocol if protocol is not None else JobReactorAMP()
+        pump: iosim.IOPump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            peer,
+            iosim.makeFakeClient(peer),
+            greet=False,
+            clock=self.clock,
+        )
+        self._pumps[name] = pump
+        return pump
 
     def disconnect(self, name: str) -> None:
         """Drop node or client ``name``'s connection, as a network failure would."""
