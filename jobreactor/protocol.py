@@ -121,8 +121,9 @@ class JSON(amp.Argument):
                 raise BadMessage(f"argument {key!r} spans more than {MAX_JSON_CHUNKS} keys")
         limits = getattr(proto, "limits", DEFAULT_LIMITS)
         try:
-            # Two levels above a job's args: the list of items and the item itself.
-            value = loads_bounded(b"".join(parts), limits.max_depth + 2, limits.max_items)
+            # A guard against deep recursion, loose enough that a job nested a little too
+            # deep is refused on its own (exactly, by the model) rather than its whole box.
+            value = loads_bounded(b"".join(parts), 2 * limits.max_depth + 4, limits.max_items)
         except TooManyItems:
             raise BadMessage(
                 f"argument {key!r} has more than {limits.max_items} items "

@@ -1,0 +1,283 @@
+"""Hostile and broken input (issue 12): each numbered case of the issue reproduced against a
+distributor with a node and a legitimate client attached, now with a bounded outcome.
+
+Everything runs in memory (``LocalCluster``: iosim connections on a clock); the processes
+and real sockets are exercised by ``benchmarks/fuzz.py`` and the integration tests.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.test.iosim import IOPump
+
+from jobreactor import Config, InvalidJobError, JobRegistry, job
+from jobreactor.definitions import registering_into
+from jobreactor.limits import Limits, printable
+from jobreactor.model import Job, Report
+from jobreactor.protocol import PROTOCOL_VERSION, Enqueue, Hello, JobReactorAMP, Outcomes
+from jobreactor.testing import LocalCluster
+
+# Small limits keep the byte streams of these tests small; the defaults are the same code.
+SETTINGS: dict[str, Any] = {
+    "max_attempt": 1,
+    "max_args_bytes": 4096,
+    "max_box_bytes": 256 * 1024,
+    "max_error_length": 1024,
+}
+
+
+def amp_string(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    registry = JobRegistry()
+    with registering_into(registry):
+
+        @job("double")
+        def double(args: dict[str, Any]) -> dict[str, Any]:
+            return {"result": args["x"] * 2}
+
+    cluster = LocalCluster(registry, config=Config(**SETTINGS))
+    cluster.add_node("worker")
+    cluster.add_client("legit")
+    yield cluster
+    cluster.stop()
+
+
+def legit_job_works(cluster: LocalCluster) -> None:
+    """The legitimate client still gets its result: other connections are unaffected."""
+    results: list[dict[str, Any]] = []
+    cluster.clients["legit"].enqueue("double", {"x": 21}, success=results.append)
+    cluster.run()
+    assert results == [{"x": 21, "result": 42}]
+
+
+def answer(deferred: Deferred[Any], cluster: LocalCluster) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    cluster.run()
+    assert results, "no answer arrived"
+    return results[0]
+
+
+class Peer(JobReactorAMP):
+    """A hand-driven peer that takes the outcomes of what it enqueued."""
+
+    @Outcomes.responder
+    def outcomes(self, reports: Any) -> dict[str, Any]:
+        return {}
+
+
+def hostile(cluster: LocalCluster, *, hello: bool) -> tuple[JobReactorAMP, IOPump]:
+    peer = Peer()
+    pump = cluster.connect_raw("hostile", peer)
+    if hello:
+        said = peer.callRemote(
+            Hello, name="hostile", slots=0, version=PROTOCOL_VERSION, held=[], credentials=None
+        )
+        assert not isinstance(answer(said, cluster), Failure)
+    return peer, pump
+
+
+def warnings_and_worse(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("log_level", LogLevel.info) >= LogLevel.warn]
+
+
+def no_tracebacks(events: list[dict[str, Any]]) -> None:
+    bad = [e for e in events if "log_failure" in e or e.get("log_level") == LogLevel.critical]
+    assert not bad, [formatEvent(e)[:300] for e in bad]
+
+
+@pytest.mark.parametrize("hello", [False, True], ids=["before-hello", "after-hello"])
+def test_1_a_box_that_never_ends_closes_that_connection_with_one_line(
+    cluster: LocalCluster, events: list[dict[str, Any]], hello: bool
+) -> None:
+    peer, pump = hostile(cluster, hello=hello)
+    limit = Limits.from_config(cluster.config).box_bytes
+    sent = 0
+    key = 0
+    while not pump.serverIO.disconnected and sent < 3 * limit:
+        key += 1
+        data = amp_string(b"k%d" % key) + amp_string(b"v" * 65535)
+        assert peer.transport is not None
+        peer.transport.write(data)
+        sent += len(data)
+        cluster.run()
+    assert pump.serverIO.disconnected, "the distributor kept reading a box without end"
+    assert sent <= limit + 2 * 65540  # closed within one value of the limit
+    lines = [formatEvent(e) for e in warnings_and_worse(events) if "box with" in formatEvent(e)]
+    assert len(lines) == 1 and "max_box_bytes" in lines[0]
+    no_tracebacks(events)
+    legit_job_works(cluster)
+
+
+def test_1_a_box_with_too_many_keys_closes_that_connection(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    peer, pump = hostile(cluster, hello=True)
+    assert peer.transport is not None
+    peer.transport.write(
+        b"".join(amp_string(b"k%d" % i) + amp_string(b"") for i in range(2000))
+    )
+    cluster.run()
+    assert pump.serverIO.disconnected
+    assert any("more than 1024 keys" in formatEvent(e) for e in events)
+    legit_job_works(cluster)
+
+
+def test_2_an_enqueue_of_millions_of_tiny_items_is_refused_quickly(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    peer, pump = hostile(cluster, hello=True)
+    jobs = b"[" + b",".join([b"{}"] * 100_000) + b"]"
+    keys = [jobs[i : i + 65535] for i in range(0, len(jobs), 65535)]
+    chunks = {"jobs": keys[0]} | {f"jobs.{i}": key for i, key in enumerate(keys[1:], start=2)}
+    refused = answer(peer.callRemoteString(b"Enqueue", **chunks), cluster)
+    assert isinstance(refused, Failure) and refused.check(amp.RemoteAmpError)
+    assert "more than 1000 items" in refused.getErrorMessage()
+    assert "max_items_per_command" in refused.getErrorMessage()
+    assert not pump.serverIO.disconnected  # only the message is refused
+    assert all(len(formatEvent(e)) < 1000 for e in events)
+    no_tracebacks(events)
+    legit_job_works(cluster)
+
+
+def test_4_bad_timeout_and_deep_args_are_refused_by_the_distributor_one_item_each(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    peer, _ = hostile(cluster, hello=True)
+    deep: Any = 1
+    for _ in range(70):  # past the limit of 64, not so far that the whole box is refused
+        deep = [deep]
+    jobs = [
+        {"id": "t", "name": "double", "args": {"x": 1}, "timeout": -1},
+        {"id": "r", "name": "double", "args": {"x": 1}, "retry_delay": -5},
+        {"id": "d", "name": "double", "args": {"deep": deep}},
+        {"id": "ok", "name": "double", "args": {"x": 2}},
+    ]
+    got = answer(peer.callRemote(Enqueue, jobs=jobs), cluster)
+    assert got["accepted"] == ["ok"]
+    errors = {item["id"]: item["error"] for item in got["rejected"]}
+    assert "timeout" in errors["t"] and "at least 0" in errors["t"]
+    assert "retry_delay" in errors["r"]
+    assert "max_nesting_depth" in errors["d"]
+    # Far deeper: refused on the bytes before json.loads recurses, the connection kept.
+    very_deep = b'[{"id":"x","name":"double","args":{"a":' + b"[" * 900 + b"]" * 900 + b"}}]"
+    refused = answer(peer.callRemoteString(b"Enqueue", jobs=very_deep), cluster)
+    assert isinstance(refused, Failure) and "levels deep" in refused.getErrorMessage()
+    no_tracebacks(events)
+    legit_job_works(cluster)
+
+
+def test_4_the_node_and_the_distributor_share_one_depth_limit() -> None:
+    limits = Limits(max_depth=10)
+    ok: Any = {}
+    for _ in range(9):
+        ok = {"a": ok}
+    deep = {"a": ok}
+    job = {"id": "j", "name": "n", "args": ok}
+    assert Job.from_wire(job, limits).args == ok
+    with pytest.raises(InvalidJobError, match="max_nesting_depth"):
+        Job.from_wire({**job, "args": deep}, limits)
+    with pytest.raises(InvalidJobError, match="max_nesting_depth"):
+        Report.from_wire(
+            {"job_id": "j", "run": 1, "status": "complete", "final": True, "args": deep}, limits
+        )
+
+
+def test_5_a_period_below_min_period_is_refused_at_enqueue_and_from_a_peer(
+    cluster: LocalCluster,
+) -> None:
+    with pytest.raises(InvalidJobError, match="min_period"):
+        cluster.clients["legit"].enqueue("double", {"x": 1}, period=0.0001)
+    peer, _ = hostile(cluster, hello=True)
+    got = answer(
+        peer.callRemote(Enqueue, jobs=[{"id": "p", "name": "double", "args": {}, "period": 0}]),
+        cluster,
+    )
+    assert got["accepted"] == []
+    assert "min_period" in got["rejected"][0]["error"]
+
+
+def test_6_a_huge_last_error_or_nan_fails_only_its_item_or_message(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    peer, pump = hostile(cluster, hello=True)
+    got = answer(
+        peer.callRemote(
+            Enqueue,
+            jobs=[
+                {"id": "e", "name": "double", "args": {}, "last_error": "x" * 200_000},
+                {"id": "fine", "name": "double", "args": {"x": 3}},
+            ],
+        ),
+        cluster,
+    )
+    assert got["accepted"] == ["fine"]
+    assert "max_error_length" in got["rejected"][0]["error"]
+    report = b'[{"job_id":"fine","run":1,"status":"complete","final":true,"args":{"x":NaN}}]'
+    refused = answer(peer.callRemoteString(b"JobsDone", reports=report), cluster)
+    assert isinstance(refused, Failure) and "NaN" in refused.getErrorMessage()
+    assert not pump.serverIO.disconnected
+    no_tracebacks(events)
+    legit_job_works(cluster)
+
+
+def test_7_a_lone_surrogate_in_an_id_is_refused_and_logged_escaped(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    peer, _ = hostile(cluster, hello=True)
+    jobs = b'[{"id":"a\\ud800b","name":"double","args":{}}]'
+    refused = answer(peer.callRemoteString(b"Enqueue", jobs=jobs), cluster)
+    assert isinstance(refused, Failure) and "lone surrogate" in refused.getErrorMessage()
+    lines = [formatEvent(e) for e in warnings_and_worse(events)]
+    assert any("lone surrogate" in line for line in lines)
+    for line in lines:
+        line.encode("utf-8")  # every line can be written to a UTF-8 log file
+    assert printable("a\ud800b\x1b[31m") == "a\\ud800b\\x1b[31m"
+    legit_job_works(cluster)
+
+
+def test_8_failing_commands_without_ask_and_long_errors_log_one_short_warning(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    peer, pump = hostile(cluster, hello=False)
+    assert peer.transport is not None
+    # Commands sent without _ask (no answer wanted) that fail: before Hello, malformed JSON.
+    for command, value in [(b"Enqueue", b"[]"), (b"JobsDone", b"{not json")]:
+        box = amp.AmpBox(_command=command, jobs=value, reports=value)
+        peer.transport.write(box.serialize())
+    # An unknown command whose name is 65,000 bytes long: the error text is built from it.
+    long_name = b"X" * 65_000
+    unknown = answer(peer.callRemoteString(long_name), cluster)
+    assert isinstance(unknown, Failure)
+    assert len(unknown.getErrorMessage()) < 1000
+    # An id AMP cannot echo back (NaN) is refused as a bad message, not an UNKNOWN error.
+    nan_id = answer(peer.callRemoteString(b"Enqueue", jobs=b'[{"id":NaN}]'), cluster)
+    assert isinstance(nan_id, Failure) and "NaN" in nan_id.getErrorMessage()
+    cluster.run()
+    assert not pump.serverIO.disconnected
+    no_tracebacks(events)
+    warned = warnings_and_worse(events)
+    assert len(warned) >= 3
+    assert all(len(formatEvent(e)) < 1000 and "\n" not in formatEvent(e) for e in warned)
+    legit_job_works(cluster)
