@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from jobreactor import cli_distributor
 from jobreactor.cli_live import LIVE_COMMANDS, add_live_commands, run_live
 from jobreactor.errors import ConfigError, JobReactorError
+from jobreactor.limits import printable
 from jobreactor.model import Job, Status
 from jobreactor.monitor import Monitor, parse_status
 from jobreactor.storage import STORAGE_FORMS, IJobStorage, open_storage
@@ -269,7 +270,14 @@ def _row(job: Job) -> list[str]:
     ]
 
 
+def _safe(text: str) -> str:
+    """``text`` with control characters (terminal escape codes) and lone surrogates shown
+    as escapes: ids, names and errors come from whoever enqueued the job."""
+    return printable(text, limit=1 << 30)
+
+
 def _print_table(headers: list[str], rows: list[list[str]], out: TextIO) -> None:
+    rows = [[_safe(cell) for cell in row] for row in rows]
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
     for line in [headers, *rows]:
         print(
@@ -291,11 +299,14 @@ def _print_job(job: Job, out: TextIO) -> None:
             text = value
         else:
             text = json.dumps(value, ensure_ascii=False, sort_keys=True)
-        print(f"{field.ljust(width)}  {text}", file=out)
+        print(f"{field.ljust(width)}  {_safe(text)}", file=out)
 
 
 def _print_json(value: Any, out: TextIO) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False), file=out)
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if any(0x7F <= ord(char) < 0xA0 or 0xD800 <= ord(char) < 0xE000 for char in text):
+        text = json.dumps(value, indent=2)  # \u escapes for what a terminal would obey
+    print(text, file=out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -329,3 +329,25 @@ def test_jr_usage_errors() -> None:
     assert done.returncode == 2 and "not a job status" in done.stderr
     done = run_jr("--storage", "memory", "list", "n")
     assert (done.returncode, done.stdout) == (0, "node n has no jobs\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_escapes_terminal_codes_in_ids_names_and_errors(tmp_path: Path) -> None:
+    """Case 11 of issue 12: a job id or name is whatever its sender chose; ``jr`` must not
+    hand escape codes to the terminal."""
+    storage = SQLiteStorage(str(tmp_path / "jobs.db"))
+    await wait(storage.open())
+    hostile = full_job(
+        id="evil\x1b[2J", name="\x1b]0;pwned\x07", status=Status.FAILED, last_error="a\rb\x9b"
+    )
+    await wait(storage.save("node-1", hostile))
+    await storage.close().addTimeout(WAIT, reactor)
+    jr = Jr(f"sqlite:{storage.path}")
+    for args in (["list", "node-1"], ["show", "node-1", hostile.id]):
+        done = jr(*args)
+        assert done.returncode == 0, done.stderr
+        assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in done.stdout)
+        assert "evil\\x1b[2J" in done.stdout and "\\x1b]0;pwned\\x07" in done.stdout
+    done = jr("--json", "list", "node-1")
+    assert json.loads(done.stdout)[0]["id"] == hostile.id
+    assert "\x1b" not in done.stdout and "\x9b" not in done.stdout

@@ -7,7 +7,6 @@ and real sockets are exercised by ``benchmarks/fuzz.py`` and the integration tes
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -135,9 +134,7 @@ def test_1_a_box_with_too_many_keys_closes_that_connection(
 ) -> None:
     peer, pump = hostile(cluster, hello=True)
     assert peer.transport is not None
-    peer.transport.write(
-        b"".join(amp_string(b"k%d" % i) + amp_string(b"") for i in range(2000))
-    )
+    peer.transport.write(b"".join(amp_string(b"k%d" % i) + amp_string(b"") for i in range(2000)))
     cluster.run()
     assert pump.serverIO.disconnected
     assert any("more than 1024 keys" in formatEvent(e) for e in events)
