@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump
@@ -41,9 +41,10 @@ def amp_string(data: bytes) -> bytes:
 @pytest.fixture
 def events() -> Iterator[list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
+    observer = cast(ILogObserver, seen.append)
+    globalLogPublisher.addObserver(observer)
     yield seen
-    globalLogPublisher.removeObserver(seen.append)
+    globalLogPublisher.removeObserver(observer)
 
 
 @pytest.fixture
