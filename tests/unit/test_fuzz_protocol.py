@@ -124,12 +124,12 @@ raw_stream = st.lists(
 
 
 def serialize(command: bytes, ask: bool, values: dict[bytes, bytes]) -> bytes:
-    box = amp.AmpBox(
-        {b"_command": command[:255], **{k[:255]: v[:65535] for k, v in values.items()}}
-    )
+    box = amp.AmpBox({key[:255]: value[:65535] for key, value in values.items()})
+    box[b"_command"] = command[:255]
     if ask:
         box[b"_ask"] = b"1"
-    return box.serialize()
+    data: bytes = box.serialize()
+    return data
 
 
 class Peer(JobReactorAMP):
