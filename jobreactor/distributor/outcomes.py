@@ -18,6 +18,7 @@ from jobreactor.distributor.records import (
     log,
 )
 from jobreactor.errors import InvalidJobError
+from jobreactor.limits import printable
 from jobreactor.model import Report, Status
 from jobreactor.outcomes import final_outcome, fire_feedback
 from jobreactor.protocol import (
@@ -37,10 +38,17 @@ class OutcomeDesk:
     def _reports(self: Distributor, link: _NodeLink, raw: Any) -> None:
         if not isinstance(raw, list):
             raise BadMessage("reports must be a list of report objects")
-        try:
-            reports = [Report.from_wire(item) for item in raw]
-        except InvalidJobError as error:
-            raise BadMessage(str(error)) from None
+        reports = []
+        for item in raw:
+            try:
+                reports.append(Report.from_wire(item, link.protocol.limits))
+            except InvalidJobError as error:
+                # One bad report is that report's problem: the others in the box still count.
+                log.warn(
+                    "ignoring a malformed report from {peer}: {error}",
+                    peer=link.protocol.describe_peer(),
+                    error=printable(str(error), 300),
+                )
         for report in reports:
             link.load.discard(report.job_id)
             entry = self._owned.get(report.job_id)

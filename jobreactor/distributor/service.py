@@ -43,7 +43,8 @@ from jobreactor.distributor.views import ClusterViews
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, JobCancelled
 from jobreactor.handle import JobHandle
-from jobreactor.model import Job, Status, encode_args
+from jobreactor.limits import Limits, printable
+from jobreactor.model import Job, Status
 from jobreactor.protocol import (
     BadMessage,
 )
@@ -212,6 +213,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
             options,
             now=self._clock.seconds(),
             max_args_bytes=self.config.max_args_bytes,
+            limits=Limits.from_config(self.config),
         )
         return self.submit(job, success=success, error=error)
 
@@ -272,13 +274,15 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         rejected: list[dict[str, Any]] = []
         now = self._clock.seconds()
         finished = self._awaiting_delivery(link.name)
+        limits = link.protocol.limits
         for raw in raw_jobs:
             job_id = raw.get("id") if isinstance(raw, dict) else None
+            if not isinstance(job_id, str) or len(job_id) > limits.max_name_length:
+                job_id = None  # echo back only what can be sent back
             try:
-                job = Job.from_wire(raw)
-                encode_args(job.args, self.config.max_args_bytes)
+                job = Job.from_wire(raw, limits)
             except InvalidJobError as error:
-                rejected.append({"id": job_id, "error": str(error)})
+                rejected.append({"id": job_id, "error": printable(str(error), 500)})
                 continue
             entry = self._owned.get(job.id)
             if entry is not None:

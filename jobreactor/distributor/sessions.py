@@ -21,6 +21,8 @@ from jobreactor.distributor.records import (
     _NodeLink,
     log,
 )
+from jobreactor.errors import InvalidJobError
+from jobreactor.limits import Limits, check_name
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
@@ -48,6 +50,7 @@ class DistributorProtocol(JobReactorAMP):
     def __init__(self, distributor: Distributor) -> None:
         super().__init__()
         self.distributor = distributor
+        self.limits = Limits.from_config(distributor.config)
         self.link: _NodeLink | None = None
         self._hello_timer: IDelayedCall | None = None
 
@@ -196,6 +199,10 @@ class Sessions:
             raise BadMessage("Hello was already sent on this connection")
         if not name or slots < 0:
             raise BadMessage("a peer needs a non-empty name and slots of 0 (a client) or more")
+        try:
+            check_name(name, "the peer's name", protocol.limits)
+        except InvalidJobError as error:
+            raise BadMessage(str(error)) from None
         if not isinstance(held, list) or not all(isinstance(job_id, str) for job_id in held):
             raise BadMessage("held must be a list of job ids")
         if name in self._links:
@@ -206,6 +213,7 @@ class Sessions:
         link = _NodeLink(name=name, slots=slots, protocol=protocol)
         self._links[name] = link
         protocol.link = link
+        protocol.peer_name = name
         protocol.start_heartbeat(
             self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
         )

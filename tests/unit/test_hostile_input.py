@@ -142,18 +142,26 @@ def test_1_a_box_with_too_many_keys_closes_that_connection(
     legit_job_works(cluster)
 
 
+def enqueue_chunks(jobs: bytes) -> dict[str, bytes]:
+    keys = [jobs[i : i + 65535] for i in range(0, len(jobs), 65535)]
+    return {"jobs": keys[0]} | {f"jobs.{i}": key for i, key in enumerate(keys[1:], start=2)}
+
+
 def test_2_an_enqueue_of_millions_of_tiny_items_is_refused_quickly(
     cluster: LocalCluster, events: list[dict[str, Any]]
 ) -> None:
     peer, pump = hostile(cluster, hello=True)
-    jobs = b"[" + b",".join([b"{}"] * 100_000) + b"]"
-    keys = [jobs[i : i + 65535] for i in range(0, len(jobs), 65535)]
-    chunks = {"jobs": keys[0]} | {f"jobs.{i}": key for i, key in enumerate(keys[1:], start=2)}
-    refused = answer(peer.callRemoteString(b"Enqueue", **chunks), cluster)
+    # Within the box limit: refused at item 1001, before any per-item work.
+    jobs = b"[" + b",".join([b"{}"] * 20_000) + b"]"
+    refused = answer(peer.callRemoteString(b"Enqueue", **enqueue_chunks(jobs)), cluster)
     assert isinstance(refused, Failure) and refused.check(amp.RemoteAmpError)
     assert "more than 1000 items" in refused.getErrorMessage()
     assert "max_items_per_command" in refused.getErrorMessage()
     assert not pump.serverIO.disconnected  # only the message is refused
+    # 4,000,000 of them (12 MB): past the box limit, the connection is closed as it arrives.
+    jobs = b"[" + b",".join([b"{}"] * 4_000_000) + b"]"
+    lost = answer(peer.callRemoteString(b"Enqueue", **enqueue_chunks(jobs)), cluster)
+    assert isinstance(lost, Failure) and pump.serverIO.disconnected
     assert all(len(formatEvent(e)) < 1000 for e in events)
     no_tracebacks(events)
     legit_job_works(cluster)
@@ -279,3 +287,19 @@ def test_8_failing_commands_without_ask_and_long_errors_log_one_short_warning(
     assert len(warned) >= 3
     assert all(len(formatEvent(e)) < 1000 and "\n" not in formatEvent(e) for e in warned)
     legit_job_works(cluster)
+
+
+def test_2_a_frozen_distributor_does_not_drop_its_peers_as_silent(
+    cluster: LocalCluster,
+) -> None:
+    cluster.advance(3)  # heartbeats run as usual
+    # The distributor's process freezes for 30 s (a long callback, SIGSTOP): its timers
+    # fire late, all at once, before it reads what its peers sent meanwhile.
+    cluster.clock.advance(30)
+    cluster.run()
+    assert [node.name for node in cluster.distributor.nodes()] == ["worker"]
+    legit_job_works(cluster)
+    # A peer that really is silent is still dropped.
+    cluster.freeze("worker")
+    cluster.advance(10, step=0.5)
+    assert cluster.distributor.nodes() == []
