@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.client import Submitter
-from jobreactor.model import Job, Report
+from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
+from jobreactor.model import Job, Report, encode_args
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
@@ -57,17 +58,19 @@ def endpoint_description(address: str | tuple[str, int]) -> str:
     return address
 
 
-def _wire_report(report: Report) -> tuple[dict[str, Any], int]:
-    """A report's wire form and size; args that cannot travel are replaced by an error."""
+def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, Any], int]:
+    """A report's wire form and size, within the limits the distributor checks: error texts
+    are cut to ``max_error_length``, and args that cannot travel (not JSON, too large, too
+    deep) are replaced by an error, so one job's outcome never sinks the others' box."""
     data = report.to_wire()
+    data["error"] = None if report.error is None else cut_error_text(report.error, limits)
+    if report.error_type is not None and len(report.error_type) > limits.max_name_length:
+        data["error_type"] = report.error_type[: limits.max_name_length]
     try:
+        encode_args(report.args, min(limits.max_args_bytes, MAX_REPORT_BYTES), limits.max_depth)
         size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
     except (TypeError, ValueError, RecursionError) as error:
-        data["args"] = {"error": f"the job's args could not be sent: {error}"}
-        data["error"] = data["error"] or data["args"]["error"]
-        size = len(json.dumps(data, separators=(",", ":"), default=repr))
-    if size > MAX_REPORT_BYTES:
-        message = f"the job's final args are {size} bytes, above the {MAX_REPORT_BYTES} limit"
+        message = cut_error_text(f"the job's args could not be sent: {error}", limits)
         data["args"] = {"error": message}
         data["error"] = data["error"] or message
         size = len(json.dumps(data, separators=(",", ":"), default=repr))
@@ -92,6 +95,7 @@ class NodeProtocol(JobReactorAMP):
         super().__init__()
         self.node = node
         self.link = link
+        self.limits = Limits.from_config(node.config)
 
     @RunJobs.responder
     def run_jobs(self, jobs: Any) -> Deferred[dict[str, Any]]:
@@ -153,7 +157,8 @@ class _DistributorLink:
         if self.protocol is None or not self.outbox:
             return
         reports, self.outbox = self.outbox, []
-        wire = [_wire_report(report) for report in reports]
+        limits = Limits.from_config(self.node.config)
+        wire = [_wire_report(report, limits) for report in reports]
         put_back = [0]  # boxes fail in the order they were sent: keep the reports' order
         for box in in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1]):
             self._send_box([report for report, _ in box], [data for _, (data, _) in box], put_back)
@@ -164,8 +169,16 @@ class _DistributorLink:
         assert self.protocol is not None
         try:
             sent: Deferred[Any] = self.protocol.callRemote(JobsDone, reports=wire)
-        except Exception:
-            log.failure("could not send {count} reports", count=len(reports))
+        except Exception as error:  # cannot be encoded: one bad report must sink only itself
+            if len(reports) > 1:
+                for report, data in zip(reports, wire, strict=True):
+                    self._send_box([report], [data], put_back)
+                return
+            log.warn(
+                "could not send the report of job {job_id}: {error}",
+                job_id=printable(reports[0].job_id),
+                error=printable(error),
+            )
             return
         self.in_flight.add(sent)
 

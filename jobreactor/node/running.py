@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from jobreactor.chain import AttemptOutcome, run_attempt
 from jobreactor.definitions import JobDefinition
+from jobreactor.limits import printable
 from jobreactor.model import Job, Status
 from jobreactor.node.context import _current_node
 
@@ -73,11 +74,24 @@ class Running:
                 threadpool=self._threadpool if job.defer else None,
                 reactor=self._reactor,
             )
+        except Exception as error:
+            self._attempt_done(self._not_started(job, error), job.id, definition)
+            return
         finally:
             _current_node.reset(token)
         self._running[job.id] = attempt
+        attempt.addErrback(lambda failure: self._not_started(job, failure.value))
         attempt.addCallback(self._attempt_done, job.id, definition)
         attempt.addErrback(self._log_failure, "finishing job {job_id}", job_id=job.id)
+
+    def _not_started(self: Node, job: Job, error: BaseException | None) -> AttemptOutcome:
+        """An attempt that broke down outside the job's own code (a value no check foresaw,
+        a bug): a failed attempt like any other, so it frees its slot and retries or fails."""
+        message = printable(f"the attempt could not run: {error!r}", 1000)
+        log.warn("job {job_id}: {error}", job_id=job.id, error=message)
+        error_type = type(error).__name__
+        args = dict(job.args, error=message, error_type=error_type)
+        return AttemptOutcome("error", args, "error", message, error_type)
 
     def _job_itself(self: Node, job: Job) -> dict[str, Any]:
         record = job.to_wire()

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from jobreactor.errors import InvalidJobError
+from jobreactor.limits import DEFAULT_LIMITS, printable
 from jobreactor.model import Job, Report, Status
 from jobreactor.protocol import (
     BadMessage,
@@ -47,10 +48,12 @@ class Scheduling:
             return defer.succeed({"accepted": [], "parked": [], "rejected": rejected})
         for raw in raw_jobs:
             try:
-                job = Job.from_wire(raw)
+                job = Job.from_wire(raw, link.protocol.limits if link.protocol else DEFAULT_LIMITS)
             except InvalidJobError as error:
                 job_id = raw.get("id") if isinstance(raw, dict) else None
-                rejected.append({"id": job_id, "error": str(error), "retry": False})
+                if not isinstance(job_id, str) or len(job_id) > DEFAULT_LIMITS.max_name_length:
+                    job_id = None  # echo back only what can be sent back
+                rejected.append({"id": job_id, "error": printable(error, 500), "retry": False})
                 continue
             if job.id in self._jobs or job.id in self._accepting:
                 accepted.append(job.id)  # sent twice (e.g. after a reconnect): already held

@@ -303,3 +303,49 @@ def test_2_a_frozen_distributor_does_not_drop_its_peers_as_silent(
     cluster.freeze("worker")
     cluster.advance(10, step=0.5)
     assert cluster.distributor.nodes() == []
+
+
+def test_4_a_job_that_cannot_start_fails_and_frees_its_slot(
+    monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]
+) -> None:
+    """Whatever slips past the checks and breaks a job's start (here: the attempt itself
+    raises, as deep args once did in ``copy.deepcopy``) is a failed attempt: it frees its
+    slot, so 50 such jobs cannot stop a node."""
+    import jobreactor.node.running as running
+
+    real = running.run_attempt
+
+    def fragile(definition: Any, args: dict[str, Any], **kw: Any) -> Any:
+        if args.get("poison") == "sync":
+            raise RecursionError("maximum recursion depth exceeded")
+        if args.get("poison") == "async":
+            return Deferred.fromCoroutine(_raise())  # fails later, inside the chain
+        return real(definition, args, **kw)
+
+    async def _raise() -> None:
+        raise RecursionError("maximum recursion depth exceeded while copying")
+
+    monkeypatch.setattr(running, "run_attempt", fragile)
+    registry = JobRegistry()
+    with registering_into(registry):
+
+        @job("double")
+        def double(args: dict[str, Any]) -> dict[str, Any]:
+            return {"result": args["x"] * 2}
+
+    cluster = LocalCluster(registry, config=Config(**SETTINGS))
+    try:
+        cluster.add_node("worker", slots=1)
+        failed: list[dict[str, Any]] = []
+        for index in range(50):
+            kind = "sync" if index % 2 else "async"
+            cluster.distributor.enqueue("double", {"poison": kind}, error=failed.append)
+        done: list[dict[str, Any]] = []
+        cluster.distributor.enqueue("double", {"x": 1}, success=done.append)
+        cluster.run()
+        assert len(failed) == 50 and done == [{"x": 1, "result": 2}]
+        assert failed[0]["error_type"] == "RecursionError"
+        assert "could not run" in failed[0]["error"]
+        no_tracebacks(events)
+    finally:
+        cluster.stop()
