@@ -80,6 +80,11 @@ class BadMessage(ProtocolError):
     """A value in the command is malformed (not the JSON shape the command documents)."""
 
 
+class NotEncodable(ProtocolError):
+    """A command this side was about to send could not be encoded (too large for AMP, or a
+    value JSON cannot carry); nothing was sent."""
+
+
 class JSON(amp.Argument):
     """A JSON value, split across several keys when its text is above AMP's value limit."""
 

@@ -26,9 +26,11 @@ from jobreactor.distributor.records import (
     log,
 )
 from jobreactor.errors import JobCancelled
+from jobreactor.limits import printable
 from jobreactor.model import Job
 from jobreactor.outcomes import refusal_report
 from jobreactor.protocol import (
+    NotEncodable,
     RunJobs,
     in_boxes,
 )
@@ -126,8 +128,8 @@ class Dispatch:
     def _call(self: Distributor, link: _NodeLink, command: Any, **arguments: Any) -> Deferred[Any]:
         try:
             result: Deferred[Any] = link.protocol.callRemote(command, **arguments)
-        except Exception:  # AMP raises TooLong and friends synchronously
-            return fail()
+        except Exception as error:  # AMP raises TooLong and friends synchronously
+            return fail(NotEncodable(printable(error, 300)))
         return result
 
     def _landed(self: Distributor, result: Any, sent: Deferred[Any]) -> Any:
@@ -177,8 +179,16 @@ class Dispatch:
     ) -> None:
         if failure.check(internet_error.ConnectionClosed, defer.CancelledError):
             return  # _node_lost (or a stopping distributor) decides what becomes of them
-        log.failure(
-            "node {node} could not take {count} jobs", failure, node=link.name, count=len(batch)
+        if failure.check(NotEncodable) and len(batch) > 1:
+            # One job that cannot be sent must fail only itself: send them one by one.
+            for entry in batch:
+                self._send(link, [entry])
+            return
+        log.warn(
+            "node {node} could not take {count} jobs: {error}",
+            node=link.name,
+            count=len(batch),
+            error=printable(failure.getErrorMessage(), 300),
         )
         for entry in batch:
             link.load.discard(entry.job.id)

@@ -24,6 +24,7 @@ from jobreactor.outcomes import final_outcome, fire_feedback
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
+    NotEncodable,
     Outcomes,
     in_boxes,
 )
@@ -152,24 +153,41 @@ class OutcomeDesk:
         reports, outbox.reports = outbox.reports, []
         put_back = [0]  # boxes fail in the order they were sent: keep that order
         for box in in_boxes(reports, _report_size):
-            finals = {report.job_id for report in box if report.final}
-            outbox.sending |= finals
-            sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
-            sent.addBoth(_answered, outbox, finals)
+            self._send_outcomes(origin, link, outbox, box, put_back)
 
-            def failed(failure: Failure, box: list[Report] = box) -> None:
-                if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
-                    kept = self._outboxes.setdefault(origin, _Outbox())
-                    at = put_back[0]
-                    kept.reports[at:at] = box  # the peer collects them when it is back
-                    put_back[0] += len(box)
-                    return
-                log.failure(
-                    "peer {peer} refused {count} outcomes", failure, peer=origin, count=len(box)
-                )
+    def _send_outcomes(
+        self: Distributor,
+        origin: str,
+        link: _NodeLink,
+        outbox: _Outbox,
+        box: list[Report],
+        put_back: list[int],
+    ) -> None:
+        finals = {report.job_id for report in box if report.final}
+        outbox.sending |= finals
+        sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
+        sent.addBoth(_answered, outbox, finals)
 
-            sent.addCallback(self._delivered, box)
-            sent.addErrback(failed)
+        def failed(failure: Failure) -> None:
+            if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
+                kept = self._outboxes.setdefault(origin, _Outbox())
+                at = put_back[0]
+                kept.reports[at:at] = box  # the peer collects them when it is back
+                put_back[0] += len(box)
+                return
+            if failure.check(NotEncodable) and len(box) > 1:
+                for report in box:  # one outcome that cannot be sent loses only itself
+                    self._send_outcomes(origin, link, outbox, [report], put_back)
+                return
+            log.warn(
+                "peer {peer} did not take {count} outcomes: {error}",
+                peer=printable(origin, 80),
+                count=len(box),
+                error=printable(failure.getErrorMessage(), 300),
+            )
+
+        sent.addCallback(self._delivered, box)
+        sent.addErrback(failed)
 
     def _delivered(self: Distributor, _: Any, box: list[Report]) -> None:
         for report in box:

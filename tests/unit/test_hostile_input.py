@@ -21,7 +21,7 @@ from twisted.test.iosim import IOPump
 from jobreactor import Config, InvalidJobError, JobRegistry, job
 from jobreactor.definitions import registering_into
 from jobreactor.limits import Limits, printable
-from jobreactor.model import Job, Report
+from jobreactor.model import Job, Report, Status
 from jobreactor.protocol import PROTOCOL_VERSION, Enqueue, Hello, JobReactorAMP, Outcomes
 from jobreactor.testing import LocalCluster
 
@@ -349,3 +349,37 @@ def test_4_a_job_that_cannot_start_fails_and_frees_its_slot(
         no_tracebacks(events)
     finally:
         cluster.stop()
+
+
+def test_6_a_box_that_cannot_be_encoded_is_resent_item_by_item(
+    cluster: LocalCluster, events: list[dict[str, Any]]
+) -> None:
+    """One job or outcome AMP cannot carry fails only itself, not the others of its box."""
+    failed: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] = []
+    for x in range(5):
+        cluster.distributor.submit(
+            Job(id=f"good-{x}", name="double", args={"x": x}), success=done.append
+        )
+    # Made without enqueue's checks: JSON (and so AMP) cannot carry NaN.
+    cluster.distributor.submit(
+        Job(id="bad", name="double", args={"x": float("nan")}), error=failed.append
+    )
+    cluster.run()
+    assert sorted(result["result"] for result in done) == [0, 2, 4, 6, 8]
+    assert len(failed) == 1
+
+    # Outcomes to a remote client: one that cannot be sent loses only itself.
+    client = cluster.clients["legit"]
+    got: list[dict[str, Any]] = []
+    handles = [client.enqueue("double", {"x": x}, success=got.append) for x in range(3)]
+    cluster.disconnect("worker")
+    cluster.run()
+    owned = cluster.distributor._owned
+    for index, handle in enumerate(handles):
+        args = {"x": float("nan")} if index == 1 else {"result": index}
+        report = Report(handle.id, 1, Status.COMPLETE, "success", True, args)
+        cluster.distributor._finish_with_report(owned[handle.id], report)
+    cluster.run()
+    assert got == [{"result": 0}, {"result": 2}]
+    no_tracebacks(events)
