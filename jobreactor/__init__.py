@@ -19,6 +19,7 @@ from jobreactor.errors import (
     JobFailed,
     JobReactorError,
     NotRunningError,
+    QueueFullError,
 )
 from jobreactor.handle import JobHandle
 from jobreactor.model import Job, Status
@@ -47,6 +48,7 @@ __all__ = [
     "NodeInfo",
     "NotRunningError",
     "Outcome",
+    "QueueFullError",
     "Status",
     "connect",
     "current_node",

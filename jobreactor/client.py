@@ -29,8 +29,9 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.enqueueing import build_job, check_feedbacks
-from jobreactor.errors import InvalidJobError, NotRunningError
+from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
+from jobreactor.limits import printable
 from jobreactor.model import Job, Report, Status
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
@@ -42,6 +43,7 @@ from jobreactor.protocol import (
     Hello,
     JobReactorAMP,
     Outcomes,
+    QueueFull,
     close_after_refusal,
     in_boxes,
     retry_policy,
@@ -52,6 +54,8 @@ log = Logger()
 
 #: Failures that mean "the connection went away", not "the distributor said no".
 LINK_LOST = (internet_error.ConnectionClosed, internet_error.ConnectionLost)
+#: Seconds between offers of held jobs to a distributor that answered ``QUEUE_FULL``.
+QUEUE_FULL_RETRY = 1.0
 
 
 @attrs.define(eq=False)
@@ -74,9 +78,15 @@ class Submitter:
     successful ``Hello`` and clears it when the connection is lost.
     """
 
-    def __init__(self, clock: IReactorTime, max_args_bytes: int) -> None:
+    def __init__(
+        self, clock: IReactorTime, max_args_bytes: int, max_held: int | None = None
+    ) -> None:
         self._clock = clock
         self._max_args_bytes = max_args_bytes
+        #: Most jobs held here at once (None: no cap); past it ``submit`` raises.
+        self.max_held = max_held
+        self._queue_full_retry: IDelayedCall | None = None
+        self._queue_full_since: float | None = None
         self.protocol: JobReactorAMP | None = None
         self._jobs: dict[str, _Submitted] = {}
         self._send_call: IDelayedCall | None = None
@@ -91,6 +101,11 @@ class Submitter:
     def pending(self) -> int:
         """Jobs enqueued here that have no final outcome yet."""
         return len(self._jobs)
+
+    @property
+    def full(self) -> bool:
+        """Whether this client holds as many jobs as it may (``submit`` would raise)."""
+        return self.max_held is not None and len(self._jobs) >= self.max_held
 
     def enqueue(
         self,
@@ -113,6 +128,11 @@ class Submitter:
         error: Feedback | None,
         handle: JobHandle | None = None,
     ) -> JobHandle:
+        if self.full:
+            raise QueueFullError(
+                f"this client holds {len(self._jobs)} jobs without an outcome "
+                "(max_waiting_jobs_per_sender); try again later"
+            )
         handle = handle or JobHandle(job.id, job.name, self.cancel)
         handle._awaiting_acceptance()  # until the distributor answers that it owns the job
         size = len(json.dumps(job.args, separators=(",", ":"))) + 400
@@ -167,6 +187,8 @@ class Submitter:
         self.protocol = None
 
     def schedule_send(self) -> None:
+        if self._queue_full_retry is not None:
+            return  # the distributor is full: the retry sends everything held
         if self._send_call is None and self.protocol is not None:
             self._send_call = self._clock.callLater(0, self._send)
 
@@ -199,32 +221,65 @@ class Submitter:
             kept = self._jobs.get(str(job_id))
             if kept is not None:
                 kept.handle._accepted()
+        held: list[_Submitted] = []
         for refusal in answer.get("rejected") or []:
             submitted = (
                 self._jobs.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
             )
             if submitted is None:
                 continue
+            if refusal.get("queue_full"):
+                submitted.acknowledged = False
+                held.append(submitted)
+                continue
             message = str(refusal.get("error", "refused by the distributor"))
             self._settle(submitted, refusal_report(submitted.job, message, "RejectedByDistributor"))
+        if held:
+            self._hold(held, "the distributor's queue is full")
+        elif self._queue_full_since is not None and self._queue_full_retry is None:
+            log.info(
+                "distributor takes jobs again after {seconds:.1f} s",
+                seconds=self._clock.seconds() - self._queue_full_since,
+            )
+            self._queue_full_since = None
 
     def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
         for submitted in box:
             submitted.acknowledged = False
+        if failure.check(QueueFull):
+            self._hold(box, failure.getErrorMessage())
+            return
         if not failure.check(*LINK_LOST):
             log.failure("distributor refused {count} jobs", failure, count=len(box))
             message = failure.getErrorMessage()
             for submitted in box:
                 self._settle(submitted, refusal_report(submitted.job, message, "EnqueueFailed"))
 
+    def _hold(self, box: list[_Submitted], reason: str) -> None:
+        """The distributor is full: keep the jobs (in their order) and offer them again
+        later, every ``QUEUE_FULL_RETRY`` seconds, until it takes them."""
+        self._to_send = {s.job.id: s for s in box if s.job.id in self._jobs} | self._to_send
+        if self._queue_full_since is None:
+            self._queue_full_since = self._clock.seconds()
+            log.warn("distributor is full, holding jobs here: {reason}", reason=reason)
+        if self._queue_full_retry is None:
+
+            def retry() -> None:
+                self._queue_full_retry = None
+                self.schedule_send()
+
+            self._queue_full_retry = self._clock.callLater(QUEUE_FULL_RETRY, retry)
+
     def outcomes(self, raw: Any) -> None:
         """Apply ``Outcomes`` from the distributor: fire feedbacks once per run, settle handles."""
         if not isinstance(raw, list):
             raise BadMessage("reports must be a list of report objects")
-        try:
-            reports = [Report.from_wire(item) for item in raw]
-        except InvalidJobError as error:
-            raise BadMessage(str(error)) from None
+        reports = []
+        for item in raw:
+            try:
+                reports.append(Report.from_wire(item))
+            except InvalidJobError as error:  # one bad report loses only itself
+                log.warn("ignoring a malformed outcome: {error}", error=printable(error, 300))
         for report in reports:
             submitted = self._jobs.get(report.job_id)
             if submitted is None:
@@ -321,7 +376,9 @@ class Client(service.Service):
         self.config = config if config is not None else Config()
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
-        self.submitter = Submitter(self._clock, self.config.max_args_bytes)
+        self.submitter = Submitter(
+            self._clock, self.config.max_args_bytes, self.config.max_waiting_jobs_per_sender
+        )
         self.submitter.on_unknown_outcome = on_unknown_outcome
         self._service: ClientService | None = None
         self._waiting_connect: list[Deferred[Client]] = []

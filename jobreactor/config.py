@@ -106,6 +106,32 @@ class Config:
     max_error_length: int = attrs.field(default=8192, validator=_check(int, minimum=256))
     #: Smallest ``period`` of a periodic job, in seconds (a period of 0 would spin a node).
     min_period: float = attrs.field(default=0.1, validator=_check(NUMBER, minimum=0.001))
+    #: Jobs a distributor keeps waiting for their outcome, from all senders together and
+    #: from one sender (a remote client or node, by name); past either, ``Enqueue`` is
+    #: answered ``QUEUE_FULL`` and the distributor stops reading from that sender until
+    #: its jobs drain. The same caps bound the jobs one client holds unsent.
+    max_waiting_jobs: int = attrs.field(default=100_000, validator=_check(int, minimum=1))
+    max_waiting_jobs_per_sender: int = attrs.field(default=10_000, validator=_check(int, minimum=1))
+    #: The same caps in bytes of the jobs' JSON form.
+    max_waiting_bytes: int = attrs.field(
+        default=512 * 1024 * 1024, validator=_check(int, minimum=1024 * 1024)
+    )
+    max_waiting_bytes_per_sender: int = attrs.field(
+        default=64 * 1024 * 1024, validator=_check(int, minimum=1024 * 1024)
+    )
+    #: Outcomes a distributor keeps for one remote peer that is away; past it the oldest
+    #: are dropped, with one warning.
+    max_outcomes_kept: int = attrs.field(default=10_000, validator=_check(int, minimum=1))
+    #: Connections a distributor accepts at once, in all and from one address; past either
+    #: a new connection is closed at once, with one log line.
+    max_connections: int = attrs.field(default=1000, validator=_check(int, minimum=1))
+    max_connections_per_address: int = attrs.field(default=200, validator=_check(int, minimum=1))
+    #: Seconds a client connection (slots 0) may stay without sending a command and without
+    #: a job waiting for its outcome before the distributor closes it; 0 keeps it forever.
+    idle_timeout: float = attrs.field(default=3600.0, validator=_check(NUMBER, minimum=0))
+    #: Seconds ``JR.enqueue(..., when_full="wait")`` waits for room before it raises
+    #: :class:`~jobreactor.errors.QueueFullError`.
+    enqueue_wait_timeout: float = attrs.field(default=60.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a distributor keeps a lost node's jobs before giving them to another node.
     node_grace_period: float = attrs.field(default=5.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a new connection may take to say ``Hello`` before the distributor closes it

@@ -21,6 +21,11 @@ class ArgsTooLargeError(InvalidJobError):
     """The JSON form of a job's args is above ``JR.config.max_args_bytes``."""
 
 
+class QueueFullError(JobReactorError):
+    """The distributor (or this process's client) holds as many waiting jobs as its caps
+    allow (``JR.config.max_waiting_jobs`` and friends): try again later."""
+
+
 class JobDefinitionError(JobReactorError):
     """A jobs directory could not be loaded; the message names the file, line and error."""
 

@@ -76,6 +76,11 @@ class UnsupportedVersion(ProtocolError):
     """The peer speaks a protocol version this side does not."""
 
 
+class QueueFull(ProtocolError):
+    """The distributor holds as many of this sender's (or everyone's) waiting jobs as its
+    caps allow: hold further jobs and send them again later."""
+
+
 class BadMessage(ProtocolError):
     """A value in the command is malformed (not the JSON shape the command documents)."""
 
@@ -196,6 +201,22 @@ class JobReactorAMP(amp.AMP):
     _box_bytes = 0
     _box_keys = 0
     _refused = False
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (back-pressure): its bytes wait in the kernel, not here.
+        The heartbeat does not count the silence this causes."""
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            if self._heartbeat_clock is not None:
+                self._last_heard = self._heartbeat_clock.seconds()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def describe_peer(self) -> str:
         """The peer for a log line: its name if known, and its address."""
@@ -375,6 +396,8 @@ class JobReactorAMP(amp.AMP):
                 # machine): the peer's bytes may be waiting unread. Count from now.
                 self._last_heard = max(self._last_heard, now)
             due[0] = now + interval
+            if self._reading_paused:
+                self._last_heard = now  # this side chose not to read: no sign of silence
             silent = now - self._last_heard
             if silent >= timeout:
                 self._heartbeat_call = None
@@ -507,7 +530,7 @@ class Enqueue(amp.Command):
 
     arguments = [(b"jobs", JSON())]
     response = [(b"accepted", JSON()), (b"rejected", JSON())]
-    errors = dict(_COMMON_ERRORS)
+    errors = {QueueFull: b"QUEUE_FULL", **_COMMON_ERRORS}
 
 
 class Outcomes(amp.Command):

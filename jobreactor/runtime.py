@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from jobreactor.client import Client, connect
 from jobreactor.config import Config
 from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job, check_feedbacks
-from jobreactor.errors import NotRunningError
+from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
 from jobreactor.limits import Limits
 from jobreactor.model import Job
@@ -71,6 +72,10 @@ def _log_to_stderr(level: LogLevel) -> None:
         [LogLevelFilterPredicate(defaultLogLevel=level)],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+#: How often a blocked ``JR.enqueue(when_full="wait")`` looks for room, in seconds.
+ROOM_POLL_SECONDS = 0.05
 
 
 class JobReactor:
@@ -272,6 +277,7 @@ class JobReactor:
         *,
         success: Feedback | None = None,
         error: Feedback | None = None,
+        when_full: str = "wait",
         **options: Any,
     ) -> JobHandle:
         """Queue a job from any thread; return its handle at once.
@@ -279,13 +285,23 @@ class JobReactor:
         Everything is checked here, in the caller's thread: a bad name, args or option
         raises :class:`InvalidJobError` before anything is sent. The feedbacks run later in
         the reactor thread, with the args as the node left them.
+
+        When this process already holds as many jobs without an outcome as its caps allow
+        (``max_waiting_jobs_per_sender`` for a client of a standalone distributor,
+        ``max_waiting_jobs`` for an embedded one), ``when_full="wait"`` blocks the calling
+        thread until there is room (at most ``enqueue_wait_timeout`` seconds) and
+        ``when_full="raise"`` raises :class:`QueueFullError` at once; so does a call from
+        the reactor thread, which must never block.
         """
         target: Distributor | Client | None = self.distributor or self.client
         if target is None:
             raise NotRunningError(
                 "nowhere to enqueue: call JR.start_distributor or JR.connect first"
             )
+        if when_full not in ("wait", "raise"):
+            raise InvalidJobError(f'when_full must be "wait" or "raise", not {when_full!r}')
         check_feedbacks(success, error)
+        self._wait_for_room(target, when_full)
         job = build_job(
             name,
             args,
@@ -320,6 +336,27 @@ class JobReactor:
             raise TimeoutError(f"no answer about job {job_id} within {timeout} s") from None
         return found if isinstance(found, Outcome) else None
 
+    def _is_full(self, target: Distributor | Client) -> bool:
+        if isinstance(target, Client):
+            return target.submitter.full
+        return target.pending >= self.config.max_waiting_jobs
+
+    def _wait_for_room(self, target: Distributor | Client, when_full: str) -> None:
+        """Block (off the reactor thread, if asked) until ``target`` has room, or raise."""
+        if not self._is_full(target):
+            return
+        cap = "max_waiting_jobs_per_sender" if isinstance(target, Client) else "max_waiting_jobs"
+        if when_full == "raise" or threadable.isInIOThread():
+            raise QueueFullError(f"{target.pending} jobs wait for an outcome ({cap}); try later")
+        deadline = time.monotonic() + self.config.enqueue_wait_timeout
+        while self._is_full(target):
+            if time.monotonic() >= deadline:
+                raise QueueFullError(
+                    f"{target.pending} jobs still wait for an outcome after "
+                    f"{self.config.enqueue_wait_timeout} s ({cap}, enqueue_wait_timeout)"
+                )
+            time.sleep(ROOM_POLL_SECONDS)
+
     @staticmethod
     def _submit(
         target: Distributor | Client,
@@ -328,7 +365,10 @@ class JobReactor:
         error: Feedback | None,
         handle: JobHandle,
     ) -> None:
-        target.submit(job, success=success, error=error, handle=handle)
+        try:
+            target.submit(job, success=success, error=error, handle=handle)
+        except QueueFullError:  # filled up between the check and now: the handle says so
+            handle._settle(Failure())
 
     def _cancel(self, handle: JobHandle) -> None:
         target: Distributor | Client | None = self.distributor or self.client

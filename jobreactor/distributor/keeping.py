@@ -115,6 +115,7 @@ class Keeping:
         )
         entry.seq = int(record.get("seq", 0))
         self._owned[job.id] = entry
+        self._admission.add(entry.origin, entry.size)
         return entry
 
     # -- writing -----------------------------------------------------------------------

@@ -110,7 +110,8 @@ class OutcomeDesk:
         self._finish(entry, report, final_outcome(entry.job, report))
 
     def _finish(self: Distributor, entry: _Entry, report: Report | None, outcome: Any) -> None:
-        self._owned.pop(entry.job.id, None)
+        if self._owned.pop(entry.job.id, None) is entry:
+            self._admission.release(entry.origin, entry.size)
         self.stats.finished(entry.job, report, entry.node)
         if entry.node is not None and entry.node in self._links:
             self._links[entry.node].load.discard(entry.job.id)
@@ -131,6 +132,18 @@ class OutcomeDesk:
     def _forward(self: Distributor, origin: str, report: Report) -> None:
         outbox = self._outboxes.setdefault(origin, _Outbox())
         outbox.reports.append(report)
+        if origin not in self._links and len(outbox.reports) > self.config.max_outcomes_kept:
+            # The peer is away: keep the newest (a periodic job of a peer that never comes
+            # back must not grow this without bound).
+            if not outbox.dropping:
+                log.warn(
+                    "peer {peer} is away with {count} outcomes waiting (max_outcomes_kept): "
+                    "dropping the oldest",
+                    peer=printable(origin, 80),
+                    count=len(outbox.reports),
+                )
+            outbox.dropping = True
+            del outbox.reports[0]
         if origin in self._links:
             self._schedule_outbox(origin, outbox)
         elif outbox.expiry is None and self.running:

@@ -94,6 +94,8 @@ class _Outbox:
     sending: set[str] = attrs.Factory(set)
     flush_call: IDelayedCall | None = None
     expiry: IDelayedCall | None = None
+    #: Outcomes are being dropped for this absent peer (warned once).
+    dropping: bool = False
 
 
 def _priority(entry: _Entry) -> int:

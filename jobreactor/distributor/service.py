@@ -23,6 +23,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from jobreactor.config import Config
+from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.dispatch import Dispatch
 from jobreactor.distributor.keeping import Keeping
 from jobreactor.distributor.ledger import GroupCommit
@@ -45,9 +46,7 @@ from jobreactor.errors import InvalidJobError, JobCancelled
 from jobreactor.handle import JobHandle
 from jobreactor.limits import Limits, printable
 from jobreactor.model import Job, Status
-from jobreactor.protocol import (
-    BadMessage,
-)
+from jobreactor.protocol import BadMessage, QueueFull
 from jobreactor.results import HandlerRegistry, default_handlers
 from jobreactor.stats import ClusterStats
 from jobreactor.storage.ledger import open_ledger
@@ -112,6 +111,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         self._loaded: Deferred[None] | None = None
         #: Counters, histograms and rates for the dashboard, ``/metrics`` and ``jr stats``.
         self.stats = ClusterStats(self._clock)
+        self._admission = Admission(self.config, self._clock)
 
     # -- service life --------------------------------------------------------------
 
@@ -234,15 +234,21 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         With persistent storage the job is written first: ``handle.accepted`` fires once
         it is (at once with memory storage); it waits here in the meantime and may already
         be sent to a node, but a restart forgets it until then.
+
+        Raises :class:`QueueFullError` when the distributor holds ``max_waiting_jobs``
+        (or ``max_waiting_bytes``) already. ``origin`` names the remote peer that sent it.
         """
         check_feedbacks(success, error)
         if job.id in self._owned:
             raise InvalidJobError(f"job id {job.id} is already queued")
+        size = _job_size(job)
+        if origin is None:
+            self._admission.check_local(size)
         handle = handle or self.new_handle(job)
-        size = len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields
         entry = _Entry(
             job=job, handle=handle, success=success, error=error, size=size, origin=origin
         )
+        self._admission.add(origin, size)
         self._owned[job.id] = entry
         self._keep_job(entry)
         if self._ledger.durable:
@@ -275,6 +281,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         now = self._clock.seconds()
         finished = self._awaiting_delivery(link.name)
         limits = link.protocol.limits
+        fresh: list[Job] = []
         for raw in raw_jobs:
             job_id = raw.get("id") if isinstance(raw, dict) else None
             if not isinstance(job_id, str) or len(job_id) > limits.max_name_length:
@@ -294,9 +301,24 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
             if job.id in finished:
                 accepted.append(job.id)  # finished already: its outcome is on its way
                 continue
-            job = attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now)
+            fresh.append(attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now))
+        full = None
+        for job in fresh:
+            if job.id in self._owned:  # twice in one box
+                accepted.append(job.id)
+                continue
+            full = full or self._admission.full(link.name, 1, _job_size(job))
+            if full is not None:
+                # Past a cap: this job (and the rest) stay with the sender, who offers them
+                # again later; the distributor stops reading from it until its jobs drain.
+                rejected.append({"id": job.id, "error": f"queue full: {full}", "queue_full": True})
+                continue
             self.submit(job, origin=link.name)
             accepted.append(job.id)
+        if full is not None:
+            self._admission.pause(link.name, link.protocol)
+            if not accepted:
+                raise QueueFull(f"queue full: {full}; send these jobs again later")
         answer = {"accepted": accepted, "rejected": rejected}
         return self._ledger.written().addCallback(lambda _: answer)
 
@@ -339,3 +361,8 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         return len(self._owned)
 
     _log_failure = staticmethod(log_failure)
+
+
+def _job_size(job: Job) -> int:
+    """Bytes of a job's JSON form, roughly: what it costs in memory and in a RunJobs box."""
+    return len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields

@@ -53,12 +53,25 @@ class DistributorProtocol(JobReactorAMP):
         self.limits = Limits.from_config(distributor.config)
         self.link: _NodeLink | None = None
         self._hello_timer: IDelayedCall | None = None
+        #: When the peer last sent a command other than Heartbeat (the idle timeout).
+        self.last_command = 0.0
+        self.idle_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.last_command = self.distributor._clock.seconds()
+        if not self.distributor._admission.opened(self):
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
         self._hello_timer = self.distributor._clock.callLater(
             self.distributor.config.hello_timeout, self._no_hello
         )
+
+    def _commandReceived(self, box: Any) -> None:
+        if box.get(b"_command") != b"Heartbeat":
+            self.last_command = self.distributor._clock.seconds()
+        super()._commandReceived(box)
 
     def _no_hello(self) -> None:
         self._hello_timer = None
@@ -134,7 +147,12 @@ class DistributorProtocol(JobReactorAMP):
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         self._hello_timer = None
+        if self.idle_timer is not None and self.idle_timer.active():
+            self.idle_timer.cancel()
+        self.idle_timer = None
+        self.distributor._admission.closed(self)
         if self.link is not None:
+            self.distributor._admission.forget(self.link.name)
             self.distributor._node_lost(self.link)
 
 
@@ -214,6 +232,8 @@ class Sessions:
         self._links[name] = link
         protocol.link = link
         protocol.peer_name = name
+        if slots == 0:
+            self._admission.watch_idle(protocol)
         protocol.start_heartbeat(
             self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
         )
