@@ -31,3 +31,37 @@ def test_result_in_the_reactor_thread_raises_instead_of_freezing_it() -> None:
         handle.result(timeout=None)
     handle._settle({"done": True})
     assert handle.result(timeout=None) == {"done": True}, "a settled handle answers anywhere"
+
+
+def test_enqueue_when_full_raises_or_waits_for_room() -> None:
+    """Issue 12: ``JR.enqueue`` past the caps blocks the caller (a thread other than the
+    reactor's) until there is room, or raises at once, as the caller chose."""
+    import threading
+
+    from twisted.internet.task import Clock
+
+    from jobreactor import Distributor, QueueFullError
+
+    runtime = JobReactor()
+    runtime.config.update(max_waiting_jobs=1, enqueue_wait_timeout=10.0)
+    clock = Clock()
+    distributor = Distributor(None, config=runtime.config, clock=clock, reactor=clock)
+    distributor.startService()
+    runtime.distributor = distributor
+    distributor.enqueue("my_job", {})
+    with pytest.raises(QueueFullError, match="max_waiting_jobs"):
+        runtime.enqueue("my_job", {}, when_full="raise")
+    with pytest.raises(Exception, match="when_full"):
+        runtime.enqueue("my_job", {}, when_full="maybe")
+    with pytest.raises(QueueFullError, match="max_waiting_jobs"):
+        distributor.enqueue("my_job", {})
+    waited: list[object] = []
+    thread = threading.Thread(
+        target=lambda: waited.append(runtime._wait_for_room(distributor, "wait"))
+    )
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive() and not waited  # still waiting: no room
+    distributor._owned.clear()  # the job got its outcome: room again
+    thread.join(5)
+    assert waited == [None]
