@@ -56,9 +56,12 @@ def test_enqueue_when_full_raises_or_waits_for_room() -> None:
     with pytest.raises(QueueFullError, match="max_waiting_jobs"):
         distributor.enqueue("my_job", {})
     waited: list[object] = []
-    thread = threading.Thread(
-        target=lambda: waited.append(runtime._wait_for_room(distributor, "wait"))
-    )
+
+    def wait() -> None:
+        runtime._wait_for_room(distributor, "wait")
+        waited.append(None)
+
+    thread = threading.Thread(target=wait)
     thread.start()
     thread.join(0.3)
     assert thread.is_alive() and not waited  # still waiting: no room
