@@ -318,7 +318,12 @@ def rss_kib(pid: int, field: str) -> int:
 
 
 def problems_in(log: Path) -> list[str]:
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    """Traceback and CRITICAL lines in ``log`` and its rotated parts (twistd rotates at 1 MB)."""
+    lines = [
+        line
+        for part in sorted(log.parent.glob(log.name + "*"))
+        for line in part.read_text(errors="replace").splitlines()
+    ]
     return [
         line[:300]
         for line in lines
