@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, ClassVar
 
 from twisted.application import service
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from jobreactor.definitions import load_jobs_directory
 from jobreactor.errors import ConfigError, JobDefinitionError
@@ -155,6 +157,19 @@ class DaemonNode(ExitsCleanly):
     def __init__(self, node: Node) -> None:
         super().__init__(node)
         self.node = node
+
+    def startService(self) -> None:
+        super().startService()
+        self.node.when_started().addErrback(self._cannot_start)
+
+    def _cannot_start(self, failure: Failure) -> None:
+        """A node that cannot start (storage corrupt, read-only, wrong password) ends the
+        process with status 1: a supervisor must not take it for a healthy node."""
+        from twisted.internet import reactor
+
+        print(f"jr-node: cannot start: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.callWhenRunning(reactor.stop)
 
 
 def makeService(options: Options) -> service.IService:

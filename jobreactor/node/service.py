@@ -48,7 +48,7 @@ from jobreactor.protocol import (
     Leaving,
     retry_policy,
 )
-from jobreactor.storage import IJobStorage, StorageError, open_storage
+from jobreactor.storage import IJobStorage, PermanentStorageError, StorageError, open_storage
 
 log = Logger()
 
@@ -179,7 +179,7 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
                 )
                 break
             except StorageError as error:  # unreachable; anything else is a real fault
-                if self._stopping or not self.running:
+                if self._stopping or not self.running or isinstance(error, PermanentStorageError):
                     raise
                 log.warn(
                     "node {node}: storage not available ({error}); trying again in {delay} s",
@@ -224,7 +224,15 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
         self.stopService()
 
     def _start_failed(self, failure: Failure) -> None:
-        log.failure("node {node} could not start", failure, node=self.name)
+        if failure.check(PermanentStorageError):
+            # Not an outage: no traceback, one line that says what to fix.
+            log.error(
+                "node {node} could not start: storage unusable, not retried: {error}",
+                node=self.name,
+                error=failure.getErrorMessage(),
+            )
+        else:
+            log.failure("node {node} could not start", failure, node=self.name)
         self._start_failure = failure  # handed to every when_started caller
 
     def when_started(self) -> Deferred[Node]:

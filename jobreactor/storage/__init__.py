@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 from jobreactor.errors import ConfigError
-from jobreactor.storage.base import IJobStorage, StorageError
+from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
 from jobreactor.storage.memory import MemoryStorage
 from jobreactor.storage.redis import RedisStorage
 from jobreactor.storage.sqlite import SYNCHRONOUS_MODES, SQLiteStorage
@@ -15,6 +15,7 @@ from jobreactor.storage.sqlite import SYNCHRONOUS_MODES, SQLiteStorage
 __all__ = [
     "IJobStorage",
     "MemoryStorage",
+    "PermanentStorageError",
     "RedisStorage",
     "SQLiteStorage",
     "StorageError",

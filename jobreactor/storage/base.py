@@ -19,6 +19,12 @@ class StorageError(JobReactorError):
     """
 
 
+class PermanentStorageError(StorageError):
+    """A storage that cannot work until someone fixes it: a corrupt file, missing
+    permissions, a wrong password. Waiting does not help, so a node does not retry it: it
+    says so and stops (``twistd jr-node`` exits 1)."""
+
+
 class IJobStorage(Interface):  # type: ignore[misc]
     """Where a node keeps the jobs it accepted, so a restart can find them again.
 

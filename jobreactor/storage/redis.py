@@ -43,12 +43,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jobreactor.errors import ConfigError
+from jobreactor.limits import printable
 from jobreactor.model import Job, Status
-from jobreactor.storage.base import IJobStorage, StorageError
+from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
+
+log = Logger()
 
 DEFAULT_PORT = 6379
 DEFAULT_PREFIX = "jr"
@@ -287,7 +291,17 @@ class RedisStorage:
                 *(self.keys.status(node, s) for s in STATUS_ORDER if s in wanted),
             ]
             found = self._call(doing, lambda redis: redis.eval(JOBS_BY_STATUS_SCRIPT, keys, []))
-        return found.addCallback(lambda values: [self._decode(v, node) for v in values or []])
+        return found.addCallback(lambda values: self._decode_readable(values or [], node))
+
+    def _decode_readable(self, values: list[Any], node: str) -> list[Job]:
+        """The jobs of ``values``; an unreadable one is logged and set aside (left stored)."""
+        jobs = []
+        for value in values:
+            try:
+                jobs.append(self._decode(value, node))
+            except StorageError as error:
+                log.warn("{error}; set aside (left stored)", error=printable(error, 500))
+        return jobs
 
     def nodes(self) -> Deferred[list[str]]:
         found = self._call("listing the nodes", lambda redis: redis.smembers(self.keys.nodes()))
@@ -371,6 +385,10 @@ class RedisStorage:
             reason = failure.getErrorMessage() or type(failure.value).__name__
         if self._connect_error is not None:
             reason = f"{reason} ({self._connect_error})"
+        if any(word in reason.upper() for word in ("NOAUTH", "WRONGPASS", "INVALID PASSWORD")):
+            raise PermanentStorageError(
+                f"{self}: {doing}: {reason} (the password in the URL is wrong or missing)"
+            ) from failure.value
         raise StorageError(f"{self}: {doing}: {reason}") from failure.value
 
     def _decode(self, data: str | bytes, node: str) -> Job:

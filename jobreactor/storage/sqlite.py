@@ -26,12 +26,16 @@ from typing import Any, ClassVar
 import attrs
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jobreactor.errors import ConfigError
+from jobreactor.limits import printable
 from jobreactor.model import Job, Status
-from jobreactor.storage.base import IJobStorage, StorageError
+from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
+
+_log = Logger()
 
 #: ``synchronous`` settings a URL may ask for. FULL (the default) syncs the WAL at every
 #: commit, so a saved job survives a power cut; NORMAL survives a crash of the process only.
@@ -206,11 +210,36 @@ class SQLiteStorage:
 
         def explain(failure: Failure) -> Failure:
             if failure.check(sqlite3.Error):
+                hint = _permanent_hint(failure.value)
+                if hint is not None:
+                    raise PermanentStorageError(
+                        f"{self}: {doing}: {failure.value} ({hint})"
+                    ) from failure.value
                 raise StorageError(f"{self}: {doing}: {failure.value}") from failure.value
             return failure
 
         running: Deferred[Any] = self._pool.runInteraction(function, *args)
         return running.addErrback(explain)
+
+
+#: SQLite errors that waiting does not fix, by a word of their message, and what to do.
+_PERMANENT = (
+    ("not a database", "the file is not an SQLite database or is corrupt: restore or move it"),
+    ("malformed", "the file is corrupt: restore it from a backup or move it away"),
+    ("readonly", "the file or its directory is read-only: fix its permissions"),
+    ("unable to open", "the file cannot be opened: check the path and its permissions"),
+    ("permission", "permission denied: fix the file's permissions"),
+)
+
+
+def _permanent_hint(error: BaseException | None) -> str | None:
+    """What to do about ``error`` if it is one waiting does not fix, else None (an outage,
+    such as another process holding the lock)."""
+    message = str(error).lower()
+    for word, hint in _PERMANENT:
+        if word in message:
+            return hint
+    return None
 
 
 def _fail(error: Exception) -> Deferred[Any]:
@@ -267,7 +296,14 @@ def _jobs_for(cursor: adbapi.Transaction, node: str, statuses: list[str] | None)
             f"SELECT data FROM jobs WHERE node = ? AND status IN ({marks})",
             (node, *statuses),
         )
-    return [_decode(row[0], node) for row in cursor.fetchall()]
+    jobs = []
+    for row in cursor.fetchall():
+        try:
+            jobs.append(_decode(row[0], node))
+        except StorageError as error:
+            # One unreadable row must not stop the node: it stays in the file, set aside.
+            _log.warn("{error}; set aside (left in the file)", error=printable(error, 500))
+    return jobs
 
 
 def _nodes(cursor: adbapi.Transaction) -> list[str]:
