@@ -18,7 +18,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from jobreactor.model import Job, Status
-from jobreactor.storage.base import IJobStorage
+from jobreactor.storage.base import IJobStorage, StorageError
 
 T = TypeVar("T")
 
@@ -72,9 +72,12 @@ class Monitor:
         """Remove the job; fires with whether it was there."""
 
         async def destroy() -> bool:
-            found = await self.storage.load(node, job_id)
+            try:
+                found = await self.storage.load(node, job_id) is not None
+            except StorageError:  # unreadable (set aside by the node), still there to remove
+                found = True
             await self.storage.remove(node, job_id)
-            return found is not None
+            return found
 
         return _deferred(destroy())
 
