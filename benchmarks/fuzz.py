@@ -72,6 +72,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between legit jobs")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--baseline", type=float, default=5.0, help="seconds the legit client runs alone first"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     return parser.parse_args(argv)
 
@@ -363,6 +366,13 @@ async def run(reactor: Any, options: argparse.Namespace) -> int:
         warm: Deferred[Any] = client.enqueue("echo", {"n": -1}).deferred
         await warm.addTimeout(60, reactor)
         await task.deferLater(reactor, 1.0, lambda: None)
+        # the same client alone first: its latency on this machine without hostile input
+        alone = Legit(reactor, client, options.interval)
+        alone._next = 1_000_000_000
+        alone.start()
+        await task.deferLater(reactor, options.baseline, lambda: None)
+        alone.stop()
+        await task.deferLater(reactor, 1.0, lambda: None)
         rss_before = rss_kib(distributor.pid, "VmRSS")
         started = time.monotonic()
         legit.start()
@@ -395,6 +405,12 @@ async def run(reactor: Any, options: argparse.Namespace) -> int:
             print(f"    {line}")
         print(f"legit jobs enqueued:      {enqueued}")
         print(f"legit lost / duplicated:  {lost} / {duplicated} (errors: {len(legit.errors)})")
+        print(
+            f"legit latency alone:      p50 {percentile(alone.latencies, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(alone.latencies, 0.99) * 1000:.1f} ms, "
+            f"worst {max(alone.latencies, default=0.0) * 1000:.1f} ms "
+            f"({len(alone.latencies)} jobs in {options.baseline:g} s before the fuzzing)"
+        )
         print(
             f"legit latency:            p50 {percentile(legit.latencies, 0.5) * 1000:.1f} ms, "
             f"p99 {percentile(legit.latencies, 0.99) * 1000:.1f} ms, worst {worst * 1000:.1f} ms"

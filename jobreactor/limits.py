@@ -82,29 +82,30 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def deeper_than(data: bytes, limit: int) -> bool:
-    """A cheap guard run before ``json.loads``: True if the JSON text ``data`` surely nests
-    more than ``limit`` levels, False if it nests at most ``2 * limit`` levels.
+#: Passes of innermost-pair removal :func:`deeper_than` makes at most.
+DEPTH_PASSES = 3
 
-    ``json.loads`` recurses once per level (a hostile peer could drive it ~1000 levels down,
-    and the node copies the result, recursing again), so the depth is bounded on the bytes:
-    strings are cut out, brackets kept, and innermost pairs removed, one or two levels per
-    pass, in C string operations rather than a Python loop per byte. The exact limit is
-    checked on the parsed value (:func:`jobreactor.model.encode_args`). Malformed text
-    answers False and is left for ``json.loads`` to refuse.
+
+def deeper_than(data: bytes, limit: int) -> bool:
+    """A cheap guard run before ``json.loads``: True only if the JSON text ``data`` surely
+    nests more than ``limit`` levels.
+
+    Strings are cut out and brackets kept; a run of ``limit + 1`` opening brackets means that
+    depth. Each of a few passes removes the innermost empty pairs (exactly one level), which
+    turns ``[[],[[],[...`` shapes into such runs. All of it is C string work over the bytes,
+    never a Python loop per byte. What this does not catch is bounded anyway: ``json.loads``
+    stops at Python's recursion limit (``RecursionError``, a ``BAD_MESSAGE``), and the exact
+    limit is checked on each parsed job (:func:`jobreactor.model.encode_args`).
     """
     brackets = _JSON_STRING.sub(b"", data).translate(_BRACKETS, _NOT_BRACKETS)
-    too_deep = b"(" * (limit + 1)
-    for _ in range(limit + 1):
-        if not brackets:
-            return False
-        if too_deep in brackets:
+    for removed in range(DEPTH_PASSES + 1):
+        if b"(" * (limit + 1 - removed) in brackets:
             return True
         shorter = brackets.replace(b"()", b"")
         if len(shorter) == len(brackets):
             return False
         brackets = shorter
-    return bool(brackets)
+    return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -40,6 +40,10 @@ BOX_BUDGET_BYTES = 4 * 1024 * 1024
 #: And into boxes of at most this many items, to interleave with other traffic.
 BOX_MAX_ITEMS = 200
 
+#: Refused commands of one connection logged in full; after that, one in this many.
+REFUSALS_LOGGED = 20
+REFUSALS_LOGGED_EVERY = 100
+
 T = TypeVar("T")
 
 
@@ -201,6 +205,7 @@ class JobReactorAMP(amp.AMP):
     _box_bytes = 0
     _box_keys = 0
     _refused = False
+    _refusals_logged = 0
 
     _reading_paused = False
 
@@ -326,13 +331,20 @@ class JobReactorAMP(amp.AMP):
             if isinstance(description, bytes):
                 description = description.decode("utf-8", "replace")
             short = printable(description, 500)
-            _log.warn(
-                "{command} from {peer} refused ({code}): {description}",
-                command=command,
-                peer=self.describe_peer(),
-                code=printable(code.decode("ascii", "replace"), 40),
-                description=short,
-            )
+            self._refusals_logged += 1
+            if self._refusals_logged <= REFUSALS_LOGGED or (
+                self._refusals_logged % REFUSALS_LOGGED_EVERY == 0
+            ):
+                # A peer that sends nothing but errors gets a bounded share of the log.
+                skipped = max(0, self._refusals_logged - REFUSALS_LOGGED)
+                _log.warn(
+                    "{command} from {peer} refused ({code}): {description}{skipped}",
+                    command=command,
+                    peer=self.describe_peer(),
+                    code=printable(code.decode("ascii", "replace"), 40),
+                    description=short,
+                    skipped=f" ({skipped} refusals so far not logged)" if skipped else "",
+                )
             return Failure(amp.RemoteAmpError(code, short))
         # Not the peer's fault: a bug on this side. The traceback is ours, not its bytes.
         _log.failure(
