@@ -83,7 +83,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 #: Passes of innermost-pair removal :func:`deeper_than` makes at most.
-DEPTH_PASSES = 3
+DEPTH_PASSES = 1
 
 
 def deeper_than(data: bytes, limit: int) -> bool:
