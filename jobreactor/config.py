@@ -122,6 +122,11 @@ class Config:
     #: Outcomes a distributor keeps for one remote peer that is away; past it the oldest
     #: are dropped, with one warning.
     max_outcomes_kept: int = attrs.field(default=10_000, validator=_check(int, minimum=1))
+    #: Bytes of the outcomes kept for all absent peers together; past it the mailboxes of the
+    #: peers away longest are dropped, with one warning each.
+    max_outcome_bytes_kept: int = attrs.field(
+        default=64 * 1024 * 1024, validator=_check(int, minimum=1024 * 1024)
+    )
     #: Connections a distributor accepts at once, in all and from one address; past either
     #: a new connection is closed at once, with one log line.
     max_connections: int = attrs.field(default=1000, validator=_check(int, minimum=1))

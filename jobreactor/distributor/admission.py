@@ -45,6 +45,8 @@ class Admission:
         self._paused: dict[str, DistributorProtocol] = {}
         self._connections: dict[DistributorProtocol, str] = {}
         self._per_address: dict[str, int] = {}
+        #: Bytes of the outcomes kept for absent peers, all together.
+        self.kept_outcome_bytes = 0
 
     # -- waiting jobs -----------------------------------------------------------------
 

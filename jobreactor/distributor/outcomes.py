@@ -132,6 +132,10 @@ class OutcomeDesk:
     def _forward(self: Distributor, origin: str, report: Report) -> None:
         outbox = self._outboxes.setdefault(origin, _Outbox())
         outbox.reports.append(report)
+        if origin not in self._links:
+            size = _report_size(report)
+            outbox.kept_bytes += size
+            self._admission.kept_outcome_bytes += size
         if origin not in self._links and len(outbox.reports) > self.config.max_outcomes_kept:
             # The peer is away: keep the newest (a periodic job of a peer that never comes
             # back must not grow this without bound).
@@ -143,13 +147,55 @@ class OutcomeDesk:
                     count=len(outbox.reports),
                 )
             outbox.dropping = True
-            del outbox.reports[0]
+            size = _report_size(outbox.reports.pop(0))
+            outbox.kept_bytes -= size
+            self._admission.kept_outcome_bytes -= size
         if origin in self._links:
             self._schedule_outbox(origin, outbox)
         elif outbox.expiry is None and self.running:
             outbox.expiry = self._clock.callLater(
-                self.config.outcome_keep_seconds, self._outboxes.pop, origin, None
+                self.config.outcome_keep_seconds, self._expire_outbox, origin
             )
+        self._trim_kept()
+
+    def _recount_kept(self: Distributor, origin: str) -> None:
+        """Count the outbox of ``origin`` against ``max_outcome_bytes_kept`` if the peer is
+        away (it just left, or reports came back from a lost connection), not if it is here."""
+        outbox = self._outboxes.get(origin)
+        if outbox is None:
+            return
+        kept = 0 if origin in self._links else sum(map(_report_size, outbox.reports))
+        self._admission.kept_outcome_bytes += kept - outbox.kept_bytes
+        outbox.kept_bytes = kept
+        self._trim_kept()
+
+    def _expire_outbox(self: Distributor, origin: str) -> None:
+        outbox = self._outboxes.pop(origin, None)
+        if outbox is None:
+            return
+        if outbox.expiry is not None and outbox.expiry.active():
+            outbox.expiry.cancel()
+        self._admission.kept_outcome_bytes -= outbox.kept_bytes
+
+    def _trim_kept(self: Distributor) -> None:
+        """Drop the mailboxes of the peers away longest while all kept outcomes together are
+        above ``max_outcome_bytes_kept`` (peers that never come back cannot fill memory)."""
+        cap = self.config.max_outcome_bytes_kept
+        if self._admission.kept_outcome_bytes <= cap:
+            return
+        for origin in list(self._outboxes):
+            if self._admission.kept_outcome_bytes <= cap:
+                return
+            if origin in self._links:
+                continue
+            log.warn(
+                "dropping the {count} outcomes kept for absent peer {peer}: outcomes kept for "
+                "absent peers are above {cap} bytes (max_outcome_bytes_kept)",
+                count=len(self._outboxes[origin].reports),
+                peer=printable(origin, 80),
+                cap=cap,
+            )
+            self._expire_outbox(origin)
 
     def _schedule_outbox(self: Distributor, origin: str, outbox: _Outbox) -> None:
         if outbox.flush_call is None and outbox.reports:
@@ -187,6 +233,7 @@ class OutcomeDesk:
                 at = put_back[0]
                 kept.reports[at:at] = box  # the peer collects them when it is back
                 put_back[0] += len(box)
+                self._recount_kept(origin)
                 return
             if failure.check(NotEncodable) and len(box) > 1:
                 for report in box:  # one outcome that cannot be sent loses only itself

@@ -96,6 +96,8 @@ class _Outbox:
     expiry: IDelayedCall | None = None
     #: Outcomes are being dropped for this absent peer (warned once).
     dropping: bool = False
+    #: Bytes of ``reports`` counted against ``max_outcome_bytes_kept`` (0 while connected).
+    kept_bytes: int = 0
 
 
 def _priority(entry: _Entry) -> int:

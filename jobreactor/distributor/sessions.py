@@ -267,6 +267,7 @@ class Sessions:
             if outbox.expiry is not None and outbox.expiry.active():
                 outbox.expiry.cancel()
             outbox.expiry = None
+            self._recount_kept(name)  # here again: no longer counted as kept
             self._schedule_outbox(name, outbox)
         return {"distributor_id": self.id, "version": PROTOCOL_VERSION, "drop": drop}
 
@@ -277,8 +278,9 @@ class Sessions:
         outbox = self._outboxes.get(link.name)
         if outbox is not None and self.running:
             outbox.expiry = self._clock.callLater(
-                self.config.outcome_keep_seconds, self._outboxes.pop, link.name, None
+                self.config.outcome_keep_seconds, self._expire_outbox, link.name
             )
+            self._recount_kept(link.name)
         holding = sum(1 for entry in self._owned.values() if entry.node == link.name)
         log.info("node {node} disconnected holding {count} jobs", node=link.name, count=holding)
         if holding and self.running:

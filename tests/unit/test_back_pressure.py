@@ -193,3 +193,33 @@ def test_9_an_idle_client_connection_is_closed_a_node_s_is_not(
     assert "quiet" not in cluster.distributor._links  # idle 60 s: closed
     assert "worker" in cluster.distributor._links  # nodes wait for jobs: never idle
     assert results == [{"x": 1, "result": 2}]
+
+
+def test_5_outcomes_kept_for_all_absent_peers_are_capped_in_bytes(
+    events: list[dict[str, Any]],
+) -> None:
+    cluster = new_cluster(max_outcome_bytes_kept=1024 * 1024, max_args_bytes=512 * 1024)
+    try:
+        handles: dict[str, list[Any]] = {}
+        for name in ("left-first", "left-later"):
+            client = cluster.add_client(name)
+            handles[name] = [client.enqueue("double", {"x": x}) for x in range(3)]
+            cluster.run()
+            cluster.disconnect(name)
+        owned = cluster.distributor._owned
+        big = {"blob": "b" * 300_000}
+        for name in ("left-first", "left-later"):
+            for handle in handles[name]:
+                report = Report(handle.id, 1, Status.COMPLETE, "success", True, big)
+                cluster.distributor._finish_with_report(owned[handle.id], report)
+        # 6 outcomes of 300 KB: above 1 MiB; the mailbox of the peer away longest goes.
+        assert "left-first" not in cluster.distributor._outboxes
+        assert len(cluster.distributor._outboxes["left-later"].reports) == 3
+        assert cluster.distributor._admission.kept_outcome_bytes <= 1024 * 1024
+        warned = [formatEvent(e) for e in events if "max_outcome_bytes_kept" in formatEvent(e)]
+        assert len(warned) == 1 and "left-first" in warned[0]
+        # A peer that comes back collects what was kept, and no longer counts.
+        cluster.connect_client("left-later")
+        assert cluster.distributor._admission.kept_outcome_bytes == 0
+    finally:
+        cluster.stop()
