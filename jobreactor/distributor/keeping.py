@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from jobreactor.distributor.records import _Entry, log
+from jobreactor.distributor.records import _Entry, _job_size, log
 from jobreactor.errors import InvalidJobError
 from jobreactor.model import Job, Report, Status
 from jobreactor.results import (
@@ -110,7 +110,7 @@ class Keeping:
             error=None,
             node=record.get("node"),
             last_run=int(record.get("last_run", 0)),
-            size=len(json.dumps(job.args, separators=(",", ":"))) + 400,
+            size=_job_size(job),
             origin=record.get("origin"),
         )
         entry.seq = int(record.get("seq", 0))

@@ -105,9 +105,22 @@ def _priority(entry: _Entry) -> int:
 
 
 def _report_size(report: Report) -> int:
-    return len(json.dumps(report.args, separators=(",", ":"), default=repr)) + 400
+    """Bytes of a report's JSON form, at most: boxes are cut by it, and the receiver closes
+    a connection whose box passes ``max_box_bytes``. Texts count 6 bytes a character (the
+    worst case of JSON's escapes)."""
+    texts = len(report.job_id) + len(report.error or "") + len(report.error_type or "")
+    return len(json.dumps(report.args, separators=(",", ":"), default=repr)) + 400 + 6 * texts
 
 
 def log_failure(failure: Failure, /, what: str, **fields: Any) -> None:
     """An errback that logs: the distributor never lets a failure pass silently."""
     log.failure("failure " + what, failure, **fields)
+
+
+def _job_size(job: Job) -> int:
+    """Bytes of a job's JSON form, at most: what it costs in memory and in a RunJobs box
+    (boxes are cut by it; the node closes a connection whose box passes ``max_box_bytes``).
+    Texts count 6 bytes a character, the worst case of JSON's escapes."""
+    texts = [job.id, job.name, job.node or "", job.distributor or "", *job.not_node]
+    texts += [job.last_error or "", job.last_error_type or ""]
+    return len(json.dumps(job.args, separators=(",", ":"))) + 400 + 6 * sum(map(len, texts))

@@ -8,7 +8,6 @@ back to the queue after ``node_grace_period``.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from jobreactor.distributor.records import (
     Feedback,
     NodeInfo,
     _Entry,
+    _job_size,
     _NodeLink,
     _Outbox,
     _priority,
@@ -361,8 +361,3 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         return len(self._owned)
 
     _log_failure = staticmethod(log_failure)
-
-
-def _job_size(job: Job) -> int:
-    """Bytes of a job's JSON form, roughly: what it costs in memory and in a RunJobs box."""
-    return len(json.dumps(job.args, separators=(",", ":"))) + 400  # the other fields
