@@ -414,8 +414,10 @@ async def run(reactor: Any, options: argparse.Namespace) -> int:
               f"over {options.connections} connections (seed {options.seed})")  # fmt: skip
         share = 100 * cpu_used / max(fuzz_seconds, 1e-9)
         load = os.getloadavg()[0]
-        print(f"distributor CPU:          {cpu_used:.1f} s in {fuzz_seconds:.1f} s "
-              f"({share:.0f} % of one core); load average {load:.1f} on {os.cpu_count()} cores")  # fmt: skip
+        print(
+            f"distributor CPU:          {cpu_used:.1f} s in {fuzz_seconds:.1f} s ({share:.0f} % "
+            f"of one core); load average {load:.1f} on {os.cpu_count()} cores"
+        )
         print(f"crashed processes:        {len(crashed)} {crashed or ''}")
         print(f"tracebacks / CRITICAL:    {len(traces)}")
         for line in traces[:10]:
