@@ -409,7 +409,13 @@ class JobReactorAMP(amp.AMP):
                 self._last_heard = max(self._last_heard, now)
             due[0] = now + interval
             if self._reading_paused:
-                self._last_heard = now  # this side chose not to read: no sign of silence
+                # This side chose not to read: no sign of silence. Keep sending heartbeats so
+                # the peer, whose own heartbeats wait unread, still hears from this side.
+                self._last_heard = now
+                with contextlib.suppress(Exception):
+                    self.callRemote(Heartbeat).addErrback(lambda failure: None)
+                self._heartbeat_call = clock.callLater(interval, beat)
+                return
             silent = now - self._last_heard
             if silent >= timeout:
                 self._heartbeat_call = None
