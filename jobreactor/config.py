@@ -125,7 +125,7 @@ class Config:
     #: Bytes of the outcomes kept for all absent peers together; past it the mailboxes of the
     #: peers away longest are dropped, with one warning each.
     max_outcome_bytes_kept: int = attrs.field(
-        default=64 * 1024 * 1024, validator=_check(int, minimum=1024 * 1024)
+        default=16 * 1024 * 1024, validator=_check(int, minimum=1024 * 1024)
     )
     #: Connections a distributor accepts at once, in all and from one address; past either
     #: a new connection is closed at once, with one log line.
