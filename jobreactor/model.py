@@ -342,9 +342,7 @@ class Report:
         check_error_text(data.get("error"), f"report field 'error' of job {job_id}", limits)
         if data.get("error_type") is not None:
             check_name(data["error_type"], f"report field 'error_type' of job {job_id}", limits)
-        check_error_text(
-            data.get("traceback"), f"report field 'traceback' of job {job_id}", limits
-        )
+        check_error_text(data.get("traceback"), f"report field 'traceback' of job {job_id}", limits)
         run_at = _optional_number(data.get("run_at"), f"report field 'run_at' of job {job_id}")
         attempt = data.get("attempt", 0)
         if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:

@@ -66,6 +66,9 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
     data["error"] = None if report.error is None else cut_error_text(report.error, limits)
     if report.error_type is not None and len(report.error_type) > limits.max_name_length:
         data["error_type"] = report.error_type[: limits.max_name_length]
+    trace = data.get("traceback")
+    if isinstance(trace, str) and len(trace) > limits.max_error_length:
+        data["traceback"] = "[...cut] " + trace[-(limits.max_error_length - 9) :]  # its end
     try:
         encode_args(report.args, min(limits.max_args_bytes, MAX_REPORT_BYTES), limits.max_depth)
         size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
