@@ -12,9 +12,16 @@ import math
 import uuid
 from typing import Any
 
+from jobreactor.cron import check_schedule, next_time
 from jobreactor.errors import InvalidJobError
 from jobreactor.limits import DEFAULT_LIMITS, Limits, check_name
-from jobreactor.model import MAX_PRIORITY, Job, encode_args
+from jobreactor.model import (
+    DEPENDENCY_FAILURE_POLICIES,
+    MAX_PRIORITY,
+    MISSED_POLICIES,
+    Job,
+    encode_args,
+)
 
 #: The options ``enqueue`` understands; anything else is refused by name.
 ENQUEUE_OPTIONS = frozenset(
@@ -29,6 +36,13 @@ ENQUEUE_OPTIONS = frozenset(
         "priority",
         "retry_delay",
         "timeout",
+        "unique_key",
+        "unique_for",
+        "cron",
+        "timezone",
+        "missed",
+        "depends_on",
+        "on_dependency_failure",
     }
 )
 
@@ -146,6 +160,11 @@ def build_job(
     defer = options.get("defer", False)
     if not isinstance(defer, bool):
         raise InvalidJobError(f"defer must be True or False, not {defer!r}")
+    workflow = workflow_options(options, now)
+    if workflow.get("cron") is not None:
+        if run_at is not None or period is not None:
+            raise InvalidJobError("give cron or after/run_at/period, not both")
+        run_at = workflow.pop("first_run_at")
     return Job(
         id=str(uuid.uuid4()),
         name=name,
@@ -161,7 +180,62 @@ def build_job(
         timeout=timeout,
         enqueued_at=now,
         priority=priority,
+        **workflow,
     )
+
+
+def workflow_options(options: dict[str, Any], now: float) -> dict[str, Any]:
+    """Check the options of docs/workflows.md (unique, cron, dependencies): Job fields."""
+    fields: dict[str, Any] = {}
+    unique_key = options.get("unique_key")
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+        raise InvalidJobError(f"unique_key must be a non-empty string, not {unique_key!r}")
+    fields["unique_key"] = unique_key
+    if options.get("unique_for") is not None:
+        if unique_key is None:
+            raise InvalidJobError("unique_for needs a unique_key")
+        fields["unique_for"] = _seconds("unique_for", options["unique_for"], positive=True)
+    cron = options.get("cron")
+    for name in ("timezone", "missed"):
+        if options.get(name) is not None and cron is None:
+            raise InvalidJobError(f"{name} is an option of cron jobs; give cron= too")
+    if cron is not None:
+        if not isinstance(cron, str):
+            raise InvalidJobError(f"cron must be a cron expression string, not {cron!r}")
+        timezone = options.get("timezone")
+        if timezone is not None and not isinstance(timezone, str):
+            raise InvalidJobError(f"timezone must be a time zone name, not {timezone!r}")
+        missed = options.get("missed", "skip")
+        if missed not in MISSED_POLICIES:
+            raise InvalidJobError(f'missed must be "skip" or "run_once", not {missed!r}')
+        try:
+            check_schedule(cron, timezone)
+        except ValueError as error:
+            raise InvalidJobError(f"cron: {error}") from None
+        fields.update(cron=cron, timezone=timezone, missed=missed)
+        fields["first_run_at"] = next_time(cron, timezone, now)
+    depends_on = options.get("depends_on")
+    if depends_on is not None:
+        items = [depends_on] if isinstance(depends_on, str) else depends_on
+        if not isinstance(items, (list, tuple)):
+            raise InvalidJobError(
+                f"depends_on must be a list of job handles or ids, not {depends_on!r}"
+            )
+        ids = []
+        for item in items:
+            job_id = item if isinstance(item, str) else getattr(item, "id", None)
+            if not isinstance(job_id, str) or not job_id:
+                raise InvalidJobError(f"depends_on takes job handles or ids, not {item!r}")
+            ids.append(job_id)
+        fields["depends_on"] = tuple(dict.fromkeys(ids))
+    policy = options.get("on_dependency_failure")
+    if policy is not None:
+        if depends_on is None:
+            raise InvalidJobError("on_dependency_failure needs depends_on")
+        if policy not in DEPENDENCY_FAILURE_POLICIES:
+            raise InvalidJobError(f'on_dependency_failure must be "fail" or "run", not {policy!r}')
+        fields["on_dependency_failure"] = policy
+    return fields
 
 
 def check_feedbacks(*feedbacks: Any) -> None:

@@ -145,6 +145,46 @@ def encode_args(args: Any, limit: int, max_depth: int = DEFAULT_LIMITS.max_depth
     return text
 
 
+#: Job fields of docs/workflows.md, omitted from the wire form while unset.
+WORKFLOW_FIELDS = (
+    "unique_key",
+    "unique_for",
+    "cron",
+    "timezone",
+    "missed",
+    "depends_on",
+    "on_dependency_failure",
+)
+MISSED_POLICIES = ("skip", "run_once")
+DEPENDENCY_FAILURE_POLICIES = ("fail", "run")
+
+
+def check_workflow_fields(values: dict[str, Any]) -> None:
+    """Check (and normalize in ``values``) the workflow fields of a job's wire form."""
+    for field in ("unique_key", "cron", "timezone"):
+        value = values.get(field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidJobError(f"job field {field!r} must be a non-empty string")
+    values["unique_for"] = _optional_number(values.get("unique_for"), "job field 'unique_for'")
+    if values.get("missed") not in (None, *MISSED_POLICIES):
+        raise InvalidJobError('job field \'missed\' must be "skip" or "run_once"')
+    if values.get("on_dependency_failure") not in (None, *DEPENDENCY_FAILURE_POLICIES):
+        raise InvalidJobError('job field \'on_dependency_failure\' must be "fail" or "run"')
+    depends_on = values.get("depends_on", [])
+    if not isinstance(depends_on, (list, tuple)) or not all(
+        isinstance(i, str) and i for i in depends_on
+    ):
+        raise InvalidJobError("job field 'depends_on' must be a list of job ids")
+    values["depends_on"] = tuple(depends_on)
+    if values.get("cron") is not None:
+        from jobreactor.cron import check_schedule  # cron imports this module
+
+        try:
+            check_schedule(values["cron"], values.get("timezone"))
+        except ValueError as error:
+            raise InvalidJobError(f"job field 'cron': {error}") from None
+
+
 @attrs.frozen
 class Job:
     """One job: what to run, with which args, when, where, and how it went so far.
@@ -179,12 +219,32 @@ class Job:
     enqueued_at: float | None = None
     #: Higher goes first among jobs waiting for a node; FIFO within one priority.
     priority: int = 0
+    #: While a job with this key is owned (and ``unique_for`` s after it ended), another
+    #: enqueue with the key gets this job instead of a new one (see docs/workflows.md).
+    unique_key: str | None = None
+    unique_for: float | None = None
+    #: A five-field cron expression: the job runs at each of its times in ``timezone``.
+    cron: str | None = None
+    timezone: str | None = None
+    #: ``skip`` or ``run_once``: what a cron job does about times it missed.
+    missed: str | None = None
+    #: Ids of jobs that must succeed before this one runs, and ``fail`` or ``run`` if not.
+    depends_on: tuple[str, ...] = ()
+    on_dependency_failure: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        """The JSON-ready form used on the wire and in storage."""
+        """The JSON-ready form used on the wire and in storage.
+
+        The workflow fields (unique, cron, dependencies) are left out while unset, so a
+        peer from before them still accepts every job that does not use them.
+        """
         data = attrs.asdict(self, recurse=False)
         data["status"] = self.status.value
         data["not_node"] = list(self.not_node)
+        data["depends_on"] = list(self.depends_on)
+        for field in WORKFLOW_FIELDS:
+            if data[field] in (None, []):
+                del data[field]
         return data
 
     @classmethod
@@ -256,6 +316,7 @@ class Job:
             raise InvalidJobError(
                 f"job field 'priority' must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}"
             )
+        check_workflow_fields(values)
         if not isinstance(values.get("defer", False), bool):
             # bool("false") is True: a lenient reading would run the job in a thread.
             raise InvalidJobError("job field 'defer' must be true or false")

@@ -14,6 +14,7 @@ import attrs
 from twisted.logger import Logger
 
 from jobreactor.chain import AttemptOutcome, run_attempt
+from jobreactor.cron import next_run
 from jobreactor.definitions import JobDefinition
 from jobreactor.limits import printable
 from jobreactor.model import Job, Status
@@ -153,9 +154,10 @@ class Running:
         elif job_id in self._cancelling:
             self._cancelling.discard(job_id)
             self._end(attrs.evolve(job, status=Status.CANCELLED), None, outcome.args)
-        elif outcome.kind == "success" and job.period is not None:
+        elif outcome.kind == "success" and (job.period is not None or job.cron is not None):
+            next_at = now + job.period if job.period is not None else next_run(job, now)
             after_run = attrs.evolve(
-                job, status=Status.QUEUED, attempt=0, args=outcome.args, run_at=now + job.period
+                job, status=Status.QUEUED, attempt=0, args=outcome.args, run_at=next_at
             )
             self._keep(after_run)
             self._report(after_run, "success", final=False, args=outcome.args)

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from jobreactor.cron import next_run, skips_missed_run
 from jobreactor.errors import InvalidJobError
 from jobreactor.limits import DEFAULT_LIMITS, printable
 from jobreactor.model import Job, Report, Status
@@ -107,10 +108,27 @@ class Scheduling:
         if job.run_at is not None and job.run_at > self._clock.seconds():
             self._hold(job)  # the wall clock moved back: wait again, never run early
             return
+        if skips_missed_run(job, self._clock.seconds()):
+            self._skip_missed_run(job)
+            return
         if len(self._running) >= self.slots:
             self._ready.append(job_id)
             return
         self._start_attempt(job)
+
+    def _skip_missed_run(self: Node, job: Job) -> None:
+        """A cron run no node could start in time (``missed="skip"``): wait for the next."""
+        now = self._clock.seconds()
+        later = attrs.evolve(job, run_at=next_run(job, now))
+        log.info(
+            "cron job {job_id} ({job_name}) missed its run at {missed}: next run at {next}",
+            job_id=job.id,
+            job_name=job.name,
+            missed=job.run_at,
+            next=later.run_at,
+        )
+        self._keep(later)
+        self._report(later, None, final=False, args=later.args)
 
     def _start_next_ready(self: Node) -> None:
         while self._ready and len(self._running) < self.slots and not self._stopping:
