@@ -69,6 +69,8 @@ class _Submitted:
     ever_sent: bool = False
     last_run: int = 0
     size: int = 0
+    #: Later enqueues here with this job's ``unique_key`` that became this job.
+    twins: list[_Submitted] = attrs.Factory(list)
 
 
 class Submitter:
@@ -217,9 +219,12 @@ class Submitter:
             sent.addErrback(lambda failure: log.failure("handling an Enqueue answer", failure))
 
     def _answered(self, answer: dict[str, Any]) -> None:
+        merged = answer.get("merged") or {}
         for job_id in answer.get("accepted") or []:
             kept = self._jobs.get(str(job_id))
             if kept is not None:
+                if job_id in merged:
+                    kept = self._merge(kept, str(merged[job_id]))
                 kept.handle._accepted()
         held: list[_Submitted] = []
         for refusal in answer.get("rejected") or []:
@@ -242,6 +247,24 @@ class Submitter:
                 seconds=self._clock.seconds() - self._queue_full_since,
             )
             self._queue_full_since = None
+
+    def _merge(self, submitted: _Submitted, existing_id: str) -> _Submitted:
+        """The distributor already had a job with this one's ``unique_key``: from now on
+        the handle is that job's, and settles with its outcome."""
+        sent_id = submitted.job.id
+        self._jobs.pop(sent_id, None)
+        self._to_send.pop(sent_id, None)
+        submitted.job = attrs.evolve(submitted.job, id=existing_id)
+        submitted.handle.id = existing_id
+        kept = self._jobs.get(existing_id)
+        if kept is not None and kept is not submitted:
+            kept.twins.append(submitted)
+        else:
+            self._jobs[existing_id] = submitted
+        log.info(
+            "job {sent_id} is job {job_id}: same unique key", sent_id=sent_id, job_id=existing_id
+        )
+        return submitted
 
     def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
         for submitted in box:
@@ -292,7 +315,8 @@ class Submitter:
             if report.final:
                 self._settle(submitted, report)
             else:
-                fire_feedback(submitted.job, report, submitted.success, submitted.error)
+                for each in (submitted, *submitted.twins):
+                    fire_feedback(each.job, report, each.success, each.error)
 
     def _unknown(self, report: Report) -> None:
         """A report for no job of this process: a late duplicate, or an outcome kept for a
@@ -314,8 +338,10 @@ class Submitter:
             submitted.handle._accepted()  # an outcome came back: the distributor had it
         self._jobs.pop(submitted.job.id, None)
         self._to_send.pop(submitted.job.id, None)
-        fire_feedback(submitted.job, report, submitted.success, submitted.error)
-        submitted.handle._settle(final_outcome(submitted.job, report))
+        for each in (submitted, *submitted.twins):
+            each.handle._accepted()
+            fire_feedback(each.job, report, each.success, each.error)
+            each.handle._settle(final_outcome(each.job, report))
 
 
 class ClientProtocol(JobReactorAMP):

@@ -543,11 +543,14 @@ class Enqueue(amp.Command):
     ``accepted`` lists the ids the distributor now owns (a job id it already owns counts as
     accepted, so a sender may resend after a reconnect); ``rejected`` objects
     ``{"id", "error"}`` for jobs that are malformed. Their reports come back to the sender,
-    by its name, in ``Outcomes``.
+    by its name, in ``Outcomes``. ``merged`` (optional, absent when empty) maps a sent id to
+    the id of the job it became: a job with the ``unique_key`` of a job the distributor
+    already has (or had within ``unique_for``) is not a new job; the reports of the existing
+    job come to the sender under the existing id.
     """
 
     arguments = [(b"jobs", JSON())]
-    response = [(b"accepted", JSON()), (b"rejected", JSON())]
+    response = [(b"accepted", JSON()), (b"rejected", JSON()), (b"merged", JSON(optional=True))]
     errors = {QueueFull: b"QUEUE_FULL", **_COMMON_ERRORS}
 
 

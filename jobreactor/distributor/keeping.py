@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from jobreactor.distributor.records import _Entry, _job_size, log
+from jobreactor.distributor.unique import follower_records, restore_followers
 from jobreactor.errors import InvalidJobError
 from jobreactor.model import Job, Report, Status
 from jobreactor.results import (
@@ -81,6 +82,7 @@ class Keeping:
             self._grace_timers[node] = self._clock.callLater(
                 self.config.node_grace_period, self._reroute, node
             )
+        await self._reload_unique()
         undelivered = await self.storage.outcomes("undelivered", RELOAD_LIMIT)
         for outcome in undelivered:
             if outcome.origin is not None:
@@ -114,6 +116,7 @@ class Keeping:
             origin=record.get("origin"),
         )
         entry.seq = int(record.get("seq", 0))
+        restore_followers(entry, record)
         self._owned[job.id] = entry
         self._admission.add(entry.origin, entry.size)
         return entry
@@ -133,6 +136,8 @@ class Keeping:
             "origin": entry.origin,
             "last_run": entry.last_run,
         }
+        if entry.followers:
+            record["followers"] = follower_records(entry)
         self._ledger.add(
             ("job", entry.job.id, json.dumps(record, separators=(",", ":")), entry.seq)
         )

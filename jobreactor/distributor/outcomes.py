@@ -120,6 +120,7 @@ class OutcomeDesk:
                 entry.job.id, entry.job.run, Status.CANCELLED, None, True, entry.job.args
             )
         self._keep_outcome(entry, report)
+        self._unique_release(entry, report)
         self._fire(entry, report)
         entry.handle._settle(outcome)
 
@@ -128,6 +129,8 @@ class OutcomeDesk:
             self._forward(entry.origin, report)
         else:
             fire_feedback(entry.job, report, entry.success, entry.error)
+        if entry.followers:
+            self._fire_followers(entry, report)
 
     def _forward(self: Distributor, origin: str, report: Report) -> None:
         outbox = self._outboxes.setdefault(origin, _Outbox())

@@ -49,6 +49,8 @@ class _Entry:
     cancel_requested: bool = False
     #: Order in which it was first owned (kept in storage; -1 until written).
     seq: int = -1
+    #: Later enqueuers of the same ``unique_key`` (see :mod:`.unique`).
+    followers: list[Any] = attrs.Factory(list)
 
 
 @attrs.frozen

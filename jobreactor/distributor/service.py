@@ -40,6 +40,7 @@ from jobreactor.distributor.records import (
     log_failure,
 )
 from jobreactor.distributor.sessions import DistributorProtocol, Sessions
+from jobreactor.distributor.unique import EndedKey, UniqueJobs
 from jobreactor.distributor.views import ClusterViews
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, JobCancelled
@@ -53,7 +54,9 @@ from jobreactor.storage.ledger import open_ledger
 from jobreactor.waiting import WaitingLine
 
 
-class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, service.Service):
+class Distributor(
+    Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, UniqueJobs, service.Service
+):
     """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
 
     ``listen=None`` opens no port: nodes are then joined in memory (see
@@ -112,6 +115,10 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         #: Counters, histograms and rates for the dashboard, ``/metrics`` and ``jr stats``.
         self.stats = ClusterStats(self._clock)
         self._admission = Admission(self.config, self._clock)
+        #: Unique keys: of owned jobs (key to id), and of ended ones within ``unique_for``.
+        self._unique_owned: dict[str, str] = {}
+        self._unique_ended: dict[str, EndedKey] = {}
+        self._unique_sweep = 0
 
     # -- service life --------------------------------------------------------------
 
@@ -239,6 +246,9 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         (or ``max_waiting_bytes``) already. ``origin`` names the remote peer that sent it.
         """
         check_feedbacks(success, error)
+        twin = self._unique_twin(job, success, error, origin)
+        if twin is not None:
+            return twin
         if job.id in self._owned:
             raise InvalidJobError(f"job id {job.id} is already queued")
         size = _job_size(job)
@@ -250,6 +260,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
         )
         self._admission.add(origin, size)
         self._owned[job.id] = entry
+        self._unique_claim(entry)
         self._keep_job(entry)
         if self._ledger.durable:
             handle._awaiting_acceptance()
@@ -278,6 +289,7 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
             raise BadMessage("jobs must be a list of job objects")
         accepted: list[str] = []
         rejected: list[dict[str, Any]] = []
+        merged: dict[str, str] = {}
         now = self._clock.seconds()
         finished = self._awaiting_delivery(link.name)
         limits = link.protocol.limits
@@ -293,12 +305,12 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
                 continue
             entry = self._owned.get(job.id)
             if entry is not None:
-                if entry.origin == link.name:
+                if entry.origin == link.name or self._follows(entry, link.name):
                     accepted.append(job.id)  # resent after a reconnect: already ours
                 else:
                     rejected.append({"id": job.id, "error": f"job id {job.id} is taken"})
                 continue
-            if job.id in finished:
+            if job.id in finished or self._resent_after_end(link.name, job):
                 accepted.append(job.id)  # finished already: its outcome is on its way
                 continue
             fresh.append(attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now))
@@ -313,13 +325,15 @@ class Distributor(Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, servic
                 # again later; the distributor stops reading from it until its jobs drain.
                 rejected.append({"id": job.id, "error": f"queue full: {full}", "queue_full": True})
                 continue
-            self.submit(job, origin=link.name)
+            handle = self.submit(job, origin=link.name)
+            if handle.id != job.id:  # a unique key's existing job: the sender follows it
+                merged[job.id] = handle.id
             accepted.append(job.id)
         if full is not None:
             self._admission.pause(link.name, link.protocol)
             if not accepted:
                 raise QueueFull(f"queue full: {full}; send these jobs again later")
-        answer = {"accepted": accepted, "rejected": rejected}
+        answer = {"accepted": accepted, "rejected": rejected, "merged": merged or None}
         return self._ledger.written().addCallback(lambda _: answer)
 
     def _awaiting_delivery(self, origin: str) -> set[str]:
