@@ -74,7 +74,8 @@ class Keeping:
                 continue
             self._seq = max(self._seq, int(record.get("seq", 0)) + 1)
             if entry.node is None:
-                self._queue_for(entry).append(entry)
+                if not self._awaits_dependencies(entry):
+                    self._queue_for(entry).append(entry)
             else:
                 on_nodes[entry.node] = on_nodes.get(entry.node, 0) + 1
         for node in on_nodes:

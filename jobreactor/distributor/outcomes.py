@@ -121,6 +121,7 @@ class OutcomeDesk:
             )
         self._keep_outcome(entry, report)
         self._unique_release(entry, report)
+        self._dependency_finished(entry, report)
         self._fire(entry, report)
         entry.handle._settle(outcome)
 

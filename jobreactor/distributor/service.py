@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.distributor.admission import Admission
+from jobreactor.distributor.dependencies import Blocked, Dependencies
 from jobreactor.distributor.dispatch import Dispatch
 from jobreactor.distributor.keeping import Keeping
 from jobreactor.distributor.ledger import GroupCommit
@@ -55,7 +56,14 @@ from jobreactor.waiting import WaitingLine
 
 
 class Distributor(
-    Sessions, Dispatch, OutcomeDesk, Keeping, ClusterViews, UniqueJobs, service.Service
+    Sessions,
+    Dispatch,
+    OutcomeDesk,
+    Keeping,
+    ClusterViews,
+    UniqueJobs,
+    Dependencies,
+    service.Service,
 ):
     """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
 
@@ -119,6 +127,9 @@ class Distributor(
         self._unique_owned: dict[str, str] = {}
         self._unique_ended: dict[str, EndedKey] = {}
         self._unique_sweep = 0
+        #: Jobs waiting for their dependencies, and who waits for each dependency.
+        self._blocked: dict[str, Blocked] = {}
+        self._dependents: dict[str, set[str]] = {}
 
     # -- service life --------------------------------------------------------------
 
@@ -266,7 +277,8 @@ class Distributor(
             handle._awaiting_acceptance()
             self._ledger.written().addCallbacks(lambda _: handle._accepted(), handle._accepted)
         self.stats.enqueued(job)
-        self._queue_for(entry).append(entry)
+        if not self._awaits_dependencies(entry):
+            self._queue_for(entry).append(entry)
         self._schedule_dispatch()
         return handle
 

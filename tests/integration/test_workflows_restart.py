@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from jobreactor import Distributor, JobCancelled
 
@@ -48,5 +49,33 @@ async def test_unique_keys_survive_a_restart(tmp_path: Path) -> None:
         assert isinstance(outcome_of(week).value, JobCancelled)
         fresh = second.enqueue("report", {}, unique_key="monthly")
         assert fresh.id not in (waiting.id, ended.id)
+    finally:
+        await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dependents_wait_again_after_a_restart(tmp_path: Path) -> None:
+    storage = f"sqlite:{tmp_path / 'distributor.db'}"
+    first = await started(storage)
+    a = first.enqueue("extract", {})  # no node: it waits
+    gone = first.enqueue("extract", {})
+    c = first.enqueue("load", {}, depends_on=[a, gone])
+    for handle in (a, gone, c):
+        await handle.accepted.addTimeout(10, reactor)
+    await stopped(first)
+
+    second = await started(storage)
+    try:
+        await deferLater(reactor, 0.05, lambda: None)
+        assert second.blocked == 1 and second.waiting == 2  # c waits for a and gone again
+        second.cancel(second._owned[gone.id].handle)
+        await deferLater(reactor, 0.05, lambda: None)
+        assert c.id not in second._owned
+        stored = await second.outcome(c.id)
+        assert stored is not None and stored.error_type == "DependencyFailed"
+        # A dependency that already ended is found in the stored outcomes.
+        late = second.enqueue("load", {}, depends_on=[gone.id])
+        await deferLater(reactor, 0.05, lambda: None)
+        assert outcome_of(late).value.error_type == "DependencyFailed"
     finally:
         await stopped(second)
