@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from jobreactor.errors import ConfigError
+from jobreactor.ratelimit import parse_rate_limit
 
 
 def _check(
@@ -45,6 +46,18 @@ def _check(
 
 
 NUMBER = (int, float)
+
+
+def _check_rate_limits(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise ConfigError(
+            f"JR.config.rate_limits must be a dict of job name to rate limit, not {value!r}"
+        )
+    for name, limit in value.items():
+        try:
+            parse_rate_limit(limit)
+        except ValueError as error:
+            raise ConfigError(f"JR.config.rate_limits[{name!r}]: {error}") from None
 
 
 @attrs.define
@@ -154,6 +167,12 @@ class Config:
     result_ttl: float = attrs.field(default=86400.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a stopping node lets running jobs finish before handing them back.
     shutdown_grace_period: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0))
+    #: Seconds a job waits in the distributor while the connected nodes said which jobs they
+    #: run and none runs its name, before it fails (``NoSuchJob``); 0: fails at once.
+    no_node_timeout: float = attrs.field(default=0.0, validator=_check(NUMBER, minimum=0))
+    #: Global rate limits by job name on the distributor, e.g. ``{"call_api": "50/s"}``;
+    #: they override a node's ``@job(rate_limit=)``.
+    rate_limits: dict[str, str] = attrs.field(factory=dict, validator=_check_rate_limits)
 
     def __getitem__(self, name: str) -> Any:
         self._known(name)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import attrs
 
 from jobreactor.errors import JobDefinitionError
+from jobreactor.ratelimit import parse_rate_limit
 
 JobFunction = Callable[[dict[str, Any]], Any]
 F = TypeVar("F", bound=JobFunction)
@@ -41,6 +42,8 @@ class JobDefinition:
     retry_delay: float | Callable[[int], float] | None = None
     timeout: float | None = None
     defined_in: str | None = None
+    #: Starts allowed across all nodes together (``"50/s"``), enforced by the distributor.
+    rate_limit: str | None = None
 
 
 @attrs.define
@@ -118,19 +121,32 @@ def job(
     max_attempt: int | None = None,
     retry_delay: float | Callable[[int], float] | None = None,
     timeout: float | None = None,
+    rate_limit: str | None = None,
 ) -> Callable[[F], F]:
     """Define the job ``name``: the decorated function is the first step of its chain.
 
     It receives the job's ``args`` dict; it may change it in place, return a dict to merge
     into it, return a Deferred, or be ``async def``. ``max_attempt``, ``retry_delay`` and
     ``timeout`` override the settings for this job (an ``enqueue`` option overrides them).
+    ``rate_limit`` (``"50/s"``, ``"600/m"``, ``"1000/h"``) caps how many of these jobs start,
+    across all nodes together; nodes tell the distributor in their ``Hello``.
     """
 
     _check_limits(name, max_attempt, retry_delay, timeout)
+    if rate_limit is not None:
+        try:
+            parse_rate_limit(rate_limit)
+        except ValueError as error:
+            raise JobDefinitionError(f"job {name!r}: {error}") from None
 
     def register(function: F) -> F:
         _active.get().add_job(
-            name, function, max_attempt=max_attempt, retry_delay=retry_delay, timeout=timeout
+            name,
+            function,
+            max_attempt=max_attempt,
+            retry_delay=retry_delay,
+            timeout=timeout,
+            rate_limit=rate_limit,
         )
         return function
 

@@ -473,6 +473,8 @@ class Hello(amp.Command):
     reconnect or restart), so the distributor does not send them elsewhere.
     ``credentials`` is reserved for authentication. The answer's ``drop`` lists the held jobs
     the node must forget without running: they were given to another node meanwhile.
+    ``jobs`` (optional) maps each job name the node runs to ``{"rate_limit": "50/s" or
+    null}``: the distributor routes jobs only to nodes that run their name.
     """
 
     arguments = [
@@ -481,6 +483,7 @@ class Hello(amp.Command):
         (b"version", amp.Integer()),
         (b"held", JSON()),
         (b"credentials", JSON(optional=True)),
+        (b"jobs", JSON(optional=True)),
     ]
     response = [
         (b"distributor_id", amp.Unicode()),

@@ -65,7 +65,23 @@ def setting_from_text(name: str, text: str, source: str) -> Any:
         except ValueError:
             raise usage.UsageError(f"{source}: {name} must be a number, not {text!r}") from None
         return number
+    if kind == "dict[str, str]":
+        return rate_limits_from_text(name, value, source)
     return text
+
+
+def rate_limits_from_text(name: str, value: str, source: str) -> dict[str, str]:
+    """``call_api=50/s,send_mail=10/m`` (as ``--setting rate_limits=...`` takes it)."""
+    limits = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        job_name, equals, limit = item.partition("=")
+        if not equals or not job_name.strip():
+            raise usage.UsageError(
+                f"{source}: {name} must be JOB=LIMIT pairs separated by commas "
+                f"(call_api=50/s,send_mail=10/m), not {value!r}"
+            )
+        limits[job_name.strip()] = limit.strip()
+    return limits
 
 
 def read_config_file(path: str, source: str) -> dict[str, dict[str, Any]]:

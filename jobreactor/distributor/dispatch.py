@@ -74,7 +74,9 @@ class Dispatch:
                     self._waiting.append(entry)  # its time came while it waited: needs a slot
                     continue
                 target = self._choose(entry.job, open_links)
-                if target is None:
+                if target is None or self._pacer(entry.job.name) is not None:
+                    if target is not None:  # rate limited: it is sent when it is due
+                        self._wake_at(entry.job.run_at - FUTURE_MARGIN)
                     waiting_longer.append(entry)
                     continue
                 batches.setdefault(target, []).append(entry)
@@ -82,10 +84,17 @@ class Dispatch:
             self._future.put_back(waiting_longer)
         rooms = {name: link.room for name, link in self._links.items() if link.room > 0}
         skipped: list[_Entry] = []
+        if self._held:
+            self._dispatch_paced(rooms, batches)
         while self._waiting and rooms:
             entry = self._waiting.popleft()
+            if self._paced(entry):
+                continue
             target = self._choose(entry.job, rooms)
             if target is None:
+                self._unpace(entry)
+                if not self._routable(entry):
+                    self._no_node_runs(entry)
                 skipped.append(entry)
                 continue
             batches.setdefault(target, []).append(entry)
@@ -98,13 +107,17 @@ class Dispatch:
 
     def _choose(self: Distributor, job: Job, rooms: dict[str, int]) -> str | None:
         if job.node is not None:
-            if job.node in rooms and job.allows(job.node):
+            if job.node in rooms and job.allows(job.node) and self._runs(job.node, job.name):
                 return job.node
             if self.config.always_use_specified_node:
                 return None
         best = None
         for name, room in rooms.items():
-            if job.allows(name) and (best is None or room > rooms[best]):
+            if (
+                job.allows(name)
+                and self._runs(name, job.name)
+                and (best is None or room > rooms[best])
+            ):
                 best = name
         return best
 
@@ -212,7 +225,7 @@ class Dispatch:
             self._schedule_dispatch()
 
     def _unqueue(self: Distributor, entry: _Entry) -> None:
-        for queue in (self._waiting, self._future):
+        for queue in (self._waiting, self._future, *self._held.values()):
             if entry in queue:
                 queue.remove(entry)
                 return

@@ -78,6 +78,8 @@ class _NodeLink:
     leaving: bool = False
     #: The node refused jobs for its own trouble (storage down): rest it a moment.
     resting: bool = False
+    #: The job names the node said in Hello it runs; None: it did not say (any name).
+    jobs: frozenset[str] | None = None
 
     @property
     def room(self) -> int:

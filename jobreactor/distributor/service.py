@@ -40,6 +40,7 @@ from jobreactor.distributor.records import (
     log,
     log_failure,
 )
+from jobreactor.distributor.routing import Routing
 from jobreactor.distributor.sessions import DistributorProtocol, Sessions
 from jobreactor.distributor.unique import EndedKey, UniqueJobs
 from jobreactor.distributor.views import ClusterViews
@@ -49,6 +50,7 @@ from jobreactor.handle import JobHandle
 from jobreactor.limits import Limits, printable
 from jobreactor.model import Job, Status
 from jobreactor.protocol import BadMessage, QueueFull
+from jobreactor.ratelimit import Pacer
 from jobreactor.results import HandlerRegistry, default_handlers
 from jobreactor.stats import ClusterStats
 from jobreactor.storage.ledger import open_ledger
@@ -63,6 +65,7 @@ class Distributor(
     ClusterViews,
     UniqueJobs,
     Dependencies,
+    Routing,
     service.Service,
 ):
     """Accepts nodes on ``listen`` (a Twisted endpoint string) and routes jobs to them.
@@ -130,6 +133,11 @@ class Distributor(
         #: Jobs waiting for their dependencies, and who waits for each dependency.
         self._blocked: dict[str, Blocked] = {}
         self._dependents: dict[str, set[str]] = {}
+        #: Rate limits by job name; jobs no node runs, since when; the wake-up for paced jobs.
+        self._pacers: dict[str, Pacer] = {}
+        self._held: dict[str, WaitingLine[_Entry]] = {}
+        self._unroutable: dict[str, float] = {}
+        self._pace_call: IDelayedCall | None = None
 
     # -- service life --------------------------------------------------------------
 
@@ -176,7 +184,7 @@ class Distributor(
         """Stop taking nodes and sending jobs; wait (at most ``STOP_WAIT`` s) for the
         ``RunJobs`` boxes already sent to be answered, then close every connection."""
         super().stopService()
-        timers = [self._dispatch_call, *self._grace_timers.values()]
+        timers = [self._dispatch_call, self._pace_call, *self._grace_timers.values()]
         for timer in [*timers, *self._handler_retries.values()]:
             if timer is not None and timer.active():
                 timer.cancel()
@@ -379,7 +387,7 @@ class Distributor(
     @property
     def waiting(self) -> int:
         """Jobs waiting here for a node."""
-        return len(self._waiting) + len(self._future)
+        return len(self._waiting) + len(self._future) + self.paced
 
     @property
     def pending(self) -> int:

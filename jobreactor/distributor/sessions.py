@@ -21,6 +21,7 @@ from jobreactor.distributor.records import (
     _NodeLink,
     log,
 )
+from jobreactor.distributor.routing import read_hello_jobs
 from jobreactor.errors import InvalidJobError
 from jobreactor.limits import Limits, check_name
 from jobreactor.protocol import (
@@ -85,9 +86,9 @@ class DistributorProtocol(JobReactorAMP):
 
     @Hello.responder
     def hello(
-        self, name: str, slots: int, version: int, held: Any, credentials: Any
+        self, name: str, slots: int, version: int, held: Any, credentials: Any, jobs: Any = None
     ) -> dict[str, Any]:
-        return self.distributor._hello(self, name, slots, version, held)
+        return self.distributor._hello(self, name, slots, version, held, jobs)
 
     @Enqueue.responder
     def enqueue(self, jobs: Any) -> Deferred[dict[str, Any]]:
@@ -208,7 +209,9 @@ class Sessions:
         slots: int,
         version: int,
         held: Any,
+        jobs: Any = None,
     ) -> dict[str, Any]:
+        job_names = read_hello_jobs(jobs)
         if version != PROTOCOL_VERSION:
             raise UnsupportedVersion(
                 f"this distributor speaks protocol version {PROTOCOL_VERSION}, not {version}"
@@ -229,6 +232,8 @@ class Sessions:
             protocol._hello_timer.cancel()
         protocol._hello_timer = None
         link = _NodeLink(name=name, slots=slots, protocol=protocol)
+        if job_names is not None:
+            self._node_jobs(link, job_names)
         self._links[name] = link
         protocol.link = link
         protocol.peer_name = name

@@ -214,6 +214,16 @@ class Links:
         """Endpoints of the distributors this node has a live session with."""
         return [link.endpoint for link in self._links.values() if link.protocol is not None]
 
+    def _job_names(self: Node) -> dict[str, Any] | None:
+        """What this node runs, for Hello: job name to its global rate limit (if any)."""
+        if self.slots == 0:
+            return None
+        return {
+            name: {"rate_limit": definition.rate_limit}
+            for name, definition in self.registry.definitions.items()
+            if definition.function is not None
+        }
+
     def _hello(self: Node, link: _DistributorLink, protocol: NodeProtocol) -> Deferred[Any]:
         # Jobs this node holds, and those whose outcome waits in the outbox: the distributor
         # must not run those again elsewhere; the outcome follows right after Hello.
@@ -229,6 +239,7 @@ class Links:
             version=PROTOCOL_VERSION,
             held=held,
             credentials=None,
+            jobs=self._job_names(),
         )
 
         def welcomed(answer: dict[str, Any]) -> None:
