@@ -167,6 +167,11 @@ class Config:
     result_ttl: float = attrs.field(default=86400.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a stopping node lets running jobs finish before handing them back.
     shutdown_grace_period: float = attrs.field(default=10.0, validator=_check(NUMBER, minimum=0))
+    #: A ``twistd jr-node`` process that finished this many job attempts drains and exits 0
+    #: (``--processes`` starts another); 0: no limit.
+    max_jobs: int = attrs.field(default=0, validator=_check(int, minimum=0))
+    #: Likewise once its resident memory passes this many MiB; 0: no limit.
+    max_memory_mb: float = attrs.field(default=0.0, validator=_check(NUMBER, minimum=0))
     #: Seconds a job waits in the distributor while the connected nodes said which jobs they
     #: run and none runs its name, before it fails (``NoSuchJob``); 0: fails at once.
     no_node_timeout: float = attrs.field(default=0.0, validator=_check(NUMBER, minimum=0))

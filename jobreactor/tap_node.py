@@ -14,6 +14,7 @@ from jobreactor.definitions import load_jobs_directory
 from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
 from jobreactor.node import Node, endpoint_description
+from jobreactor.node.recycling import Recycler, process_monitor
 from jobreactor.storage import SQLiteStorage, open_storage
 from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_positive_int, as_text
 
@@ -61,6 +62,27 @@ class Options(DaemonOptions):
             None,
             "Jobs run at once (default: the node_slots setting, 50). Env: JR_SLOTS.",
         ],
+        [
+            "max-jobs",
+            None,
+            None,
+            "Drain and exit 0 after this many job attempts (default: the max_jobs setting, "
+            "0: no limit). Env: JR_MAX_JOBS.",
+        ],
+        [
+            "max-memory",
+            None,
+            None,
+            "Drain and exit 0 once resident memory passes this many MB (default: the "
+            "max_memory_mb setting, 0: no limit). Env: JR_MAX_MEMORY.",
+        ],
+        [
+            "processes",
+            None,
+            None,
+            "Run N node processes NAME-1..NAME-N under a process monitor that starts again "
+            "each one that exits (default: this process is the node). Env: JR_PROCESSES.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -79,7 +101,17 @@ class Options(DaemonOptions):
     opt_d = opt_distributor
 
     def table_keys(self) -> tuple[str, ...]:
-        return ("name", "jobs", "storage", "distributors", "slots", "log_format")
+        return (
+            "name",
+            "jobs",
+            "storage",
+            "distributors",
+            "slots",
+            "log_format",
+            "max_jobs",
+            "max_memory",
+            "processes",
+        )
 
     def postOptions(self) -> None:
         self.load_config_file()
@@ -95,6 +127,15 @@ class Options(DaemonOptions):
         storage, storage_source = self.pick("storage", "JR_STORAGE", "storage", as_text)
         self["storage"] = storage if storage is not None else "memory"
         self["slots"], _ = self.pick("slots", "JR_SLOTS", "slots", as_positive_int)
+        max_jobs, _ = self.pick("max-jobs", "JR_MAX_JOBS", "max_jobs", as_positive_int)
+        if max_jobs is not None:
+            config.max_jobs = max_jobs
+        max_memory, _ = self.pick("max-memory", "JR_MAX_MEMORY", "max_memory", as_positive_int)
+        if max_memory is not None:
+            config.max_memory_mb = max_memory
+        self["processes"], _ = self.pick("processes", "JR_PROCESSES", "processes", as_positive_int)
+        if os.environ.get("JR_NODE_CHILD"):
+            self["processes"] = None  # started by --processes: be the node itself
         distributors, distributors_source = self.pick(
             "distributor",
             "JR_DISTRIBUTORS",
@@ -173,6 +214,20 @@ class DaemonNode(ExitsCleanly):
 
 
 def makeService(options: Options) -> service.IService:
+    config = options["config_object"]
+    if options["processes"] is not None:
+        from twisted.internet import reactor
+
+        monitor = process_monitor(
+            options["name"],
+            options["processes"],
+            sys.argv,
+            reactor=reactor,
+            drain_seconds=config.shutdown_grace_period,
+        )
+        supervisor = ExitsCleanly(monitor)
+        observer = options.observer_for_twistd()
+        return supervisor if observer is None else WithLogObserver(supervisor, observer)
     node = Node(
         options["name"],
         options["distributors"],
@@ -182,5 +237,15 @@ def makeService(options: Options) -> service.IService:
         config=options["config_object"],
     )
     daemon = DaemonNode(node)
+    if config.max_jobs or config.max_memory_mb:
+        from twisted.internet import reactor
+
+        Recycler(
+            node,
+            max_jobs=config.max_jobs,
+            max_memory_mb=config.max_memory_mb,
+            stop=reactor.stop,
+            clock=reactor,
+        ).setServiceParent(daemon)
     observer = options.observer_for_twistd()
     return daemon if observer is None else WithLogObserver(daemon, observer)

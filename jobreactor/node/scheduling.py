@@ -137,6 +137,9 @@ class Scheduling:
                 self._start_attempt(job)
 
     def _after_attempt(self: Node) -> None:
+        self.jobs_run += 1
+        if self.after_attempt is not None:
+            self.after_attempt()  # e.g. a Recycler counting jobs
         # Start what waits for the freed slot on the next turn: starting it here would nest
         # one call per queued job (a job that ends at once starts the next one inside this
         # call), and thousands of jobs falling due together would exhaust the stack.

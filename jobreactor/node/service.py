@@ -135,6 +135,9 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
         self._attempt_started: dict[str, float] = {}
         self._attempt_seconds: dict[str, float] = {}
         self._ready_call: IDelayedCall | None = None
+        #: Attempts finished so far, and who wants to hear of each (see node/recycling.py).
+        self.jobs_run = 0
+        self.after_attempt: Callable[[], Any] | None = None
         #: Jobs being stored before RunJobs is answered, and cancels that came meanwhile.
         self._accepting: set[str] = set()
         self._cancel_when_accepted: set[str] = set()
