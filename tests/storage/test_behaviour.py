@@ -60,6 +60,13 @@ def full_job(**changes: Any) -> Job:
         distributor="tcp:127.0.0.1:5000",
         enqueued_at=1_699_999_999.125,
         priority=7,
+        unique_key="nightly-report",
+        unique_for=600.0,
+        cron="*/15 9-17 * * mon-fri",
+        timezone="Europe/Berlin",
+        missed="run_once",
+        depends_on=("a-job", "b-job"),
+        on_dependency_failure="run",
     )
     return attrs.evolve(job, **changes)
 
