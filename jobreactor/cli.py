@@ -257,6 +257,13 @@ def _when(seconds: float | None) -> str:
     return _iso(seconds) or repr(seconds)
 
 
+def _schedule(job: Job) -> str:
+    """The period column: seconds, or a cron expression with its zone."""
+    if job.cron is not None:
+        return f"{job.cron} ({job.timezone or 'UTC'})"
+    return "-" if job.period is None else f"{job.period:g}s"
+
+
 def _row(job: Job) -> list[str]:
     error = job.last_error or "-"
     return [
@@ -265,7 +272,7 @@ def _row(job: Job) -> list[str]:
         job.status.value,
         str(job.attempt),
         _when(job.run_at),
-        "-" if job.period is None else f"{job.period:g}s",
+        _schedule(job),
         error if len(error) <= 40 else error[:39] + "…",
     ]
 
