@@ -136,3 +136,19 @@ def test_bad_cron_options_are_refused_by_name(runs: Runs) -> None:
         enqueue("report", {}, timezone="UTC")
     with pytest.raises(InvalidJobError, match="not both"):
         enqueue("report", {}, cron="0 * * * *", period=60)
+
+
+def test_a_schedule_is_rerouted_with_its_job_when_its_node_is_lost(runs: Runs) -> None:
+    cluster = start(runs, berlin(2026, 6, 1, 8, 30))
+    cluster.add_node("n1")
+    cluster.distributor.enqueue("report", {}, cron="0 * * * *", timezone="Europe/Berlin")
+    cluster.advance(3600)  # 09:00 ran on n1; 10:00 is parked there
+    cluster.add_node("n2")
+    cluster.stop_node("n1")  # lost with the job: after the grace period it goes to n2
+    cluster.advance(3 * 3600)
+    assert local_times(runs.at) == [
+        "06-01 09:00 CEST",
+        "06-01 10:00 CEST",
+        "06-01 11:00 CEST",
+        "06-01 12:00 CEST",
+    ]

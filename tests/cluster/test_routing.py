@@ -125,3 +125,15 @@ def test_bad_rate_limits_are_refused_by_name() -> None:
         job("x", rate_limit="fast")
     with pytest.raises(ConfigError, match=r"rate_limits\['x'\]"):
         Config(rate_limits={"x": "0/s"})
+
+
+def test_a_malformed_hello_jobs_list_is_a_bad_message() -> None:
+    from jobreactor.distributor.routing import read_hello_jobs
+    from jobreactor.protocol import BadMessage
+
+    with pytest.raises(BadMessage, match="jobs must be an object"):
+        read_hello_jobs(["call_api"])
+    with pytest.raises(BadMessage, match="job 'call_api': a rate limit is"):
+        read_hello_jobs({"call_api": {"rate_limit": "lots"}})
+    assert read_hello_jobs(None) is None
+    assert read_hello_jobs({"a": {}, "b": {"rate_limit": "5/m"}})["b"].interval == 12.0  # type: ignore[index]
