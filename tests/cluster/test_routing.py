@@ -136,4 +136,7 @@ def test_a_malformed_hello_jobs_list_is_a_bad_message() -> None:
     with pytest.raises(BadMessage, match="job 'call_api': a rate limit is"):
         read_hello_jobs({"call_api": {"rate_limit": "lots"}})
     assert read_hello_jobs(None) is None
-    assert read_hello_jobs({"a": {}, "b": {"rate_limit": "5/m"}})["b"].interval == 12.0  # type: ignore[index]
+    names = read_hello_jobs({"a": {}, "b": {"rate_limit": "5/m"}})
+    assert names is not None and names["a"] is None
+    limit = names["b"]
+    assert limit is not None and limit.interval == 12.0
