@@ -124,6 +124,9 @@ class Routing:
                 if target is None:
                     pacer.next_at -= pacer.limit.interval
                     line.appendleft(entry)
+                    if not self._routable(entry):  # its nodes left while it waited
+                        for waiting in line:
+                            self._no_node_runs(waiting)
                     break
                 batches.setdefault(target, []).append(entry)
                 rooms[target] -= 1

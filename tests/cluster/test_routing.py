@@ -140,3 +140,19 @@ def test_a_malformed_hello_jobs_list_is_a_bad_message() -> None:
     assert names is not None and names["a"] is None
     limit = names["b"]
     assert limit is not None and limit.interval == 12.0
+
+
+def test_paced_jobs_whose_nodes_left_fail_like_any_other() -> None:
+    starts: list[tuple[str, int, float]] = []
+    cluster = cluster_of(
+        {"api_node": registry_with(starts, "api", api="1/s"), "other": registry_with(starts, "x")}
+    )
+    handles = [cluster.distributor.enqueue("api", {"i": i}) for i in range(3)]
+    cluster.run()
+    assert len(starts) == 1 and cluster.distributor.paced == 2
+    cluster.stop_node("api_node")
+    cluster.advance(10)  # past the grace period: the started one is re-routed too
+    for handle in handles:
+        assert outcome_of(handle).value.error_type == "NoSuchJob"
+    assert cluster.distributor.waiting == 0
+    cluster.stop()
