@@ -118,10 +118,13 @@ class Routing:
                 del self._held[name]
                 self._waiting.put_back(list(line))
                 continue
+            stuck = False
             while line and rooms and pacer.take(now):
                 entry = line.popleft()
                 target = self._choose(entry.job, rooms)
                 if target is None:
+                    # No node with room takes it: the next node event wakes it, not a timer.
+                    stuck = True
                     pacer.next_at -= pacer.limit.interval
                     line.appendleft(entry)
                     if not self._routable(entry):  # its nodes left while it waited
@@ -134,7 +137,7 @@ class Routing:
                     del rooms[target]
             if not line:
                 del self._held[name]
-            elif rooms:
+            elif rooms and not stuck:
                 self._wake_at(pacer.next_at)
 
     @property
@@ -164,6 +167,7 @@ class Routing:
     def _no_node_runs(self: Distributor, entry: _Entry) -> None:
         """No connected node runs ``entry``'s name: it waits, and fails after the timeout."""
         timeout = self.config.no_node_timeout
+        first_seen = entry.job.id not in self._unroutable
         since = self._unroutable.setdefault(entry.job.id, self._clock.seconds())
         if self._clock.seconds() - since >= timeout:
             del self._unroutable[entry.job.id]
@@ -178,7 +182,7 @@ class Routing:
             )
             log.warn("job {job_id} failed: {message}", job_id=entry.job.id, message=message)
             self._clock.callLater(0, self._fail_unroutable, entry, message)
-        elif since == self._clock.seconds():
+        elif first_seen:
             self._clock.callLater(timeout, self._schedule_dispatch)
 
     def _fail_unroutable(self: Distributor, entry: _Entry, message: str) -> None:

@@ -156,3 +156,18 @@ def test_paced_jobs_whose_nodes_left_fail_like_any_other() -> None:
         assert outcome_of(handle).value.error_type == "NoSuchJob"
     assert cluster.distributor.waiting == 0
     cluster.stop()
+
+
+def test_paced_jobs_wait_for_room_on_their_node_without_spinning() -> None:
+    starts: list[tuple[str, int, float]] = []
+    config = Config(merge_job_itself_to_args=True, max_attempt=1)
+    cluster = LocalCluster(registry_with(starts, "api", api="100/s"), config=config)
+    CLOCK[:] = [cluster.clock]
+    cluster.add_node("busy", slots=1)  # each job takes 50 ms: room comes slower than turns
+    cluster.registry = registry_with(starts, "other")
+    cluster.add_node("idle")  # room, but not for these jobs
+    handles = [cluster.distributor.enqueue("api", {"i": i}) for i in range(3)]
+    cluster.advance(1)  # a busy loop at one instant would never get through this
+    assert [round(at, 3) for _, _, at in starts] == [0.0, 0.05, 0.1]
+    assert all(outcome_of(h)["ran_on"] == "busy" for h in handles)
+    cluster.stop()
