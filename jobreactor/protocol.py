@@ -122,6 +122,7 @@ class JSON(amp.Argument):
         key = name.decode("ascii")
         first = strings.pop(name, None)
         if first is None:
+            _refuse_stray_pieces(key, strings, found=0)
             if not self.optional:
                 raise BadMessage(f"argument {key!r} is missing")
             objects[key] = None
@@ -133,6 +134,7 @@ class JSON(amp.Argument):
             index += 1
             if index > MAX_JSON_CHUNKS + 1:
                 raise BadMessage(f"argument {key!r} spans more than {MAX_JSON_CHUNKS} keys")
+        _refuse_stray_pieces(key, strings, found=index - 1)
         limits = getattr(proto, "limits", DEFAULT_LIMITS)
         try:
             # A guard against deep recursion, loose enough that a job nested a little too
@@ -146,6 +148,22 @@ class JSON(amp.Argument):
         except (ValueError, RecursionError) as error:
             raise BadMessage(f"argument {key!r} is not valid JSON: {error}") from None
         objects[key] = value
+
+
+def _refuse_stray_pieces(key: str, strings: dict[bytes, bytes], found: int) -> None:
+    """Refuse a piece ``key.N`` left over after joining the consecutive ones.
+
+    Joining stops at the first missing piece, so ``jobs.3`` without ``jobs.2`` would silently
+    cut the value short (docs/protocol.md §2.5).
+    """
+    prefix = key.encode("ascii") + b"."
+    for stray in strings:
+        if stray.startswith(prefix) and stray[len(prefix) :].isdigit():
+            missing = key if found == 0 else f"{key}.{found + 1}"
+            raise BadMessage(
+                f"argument {key!r} has the piece {stray.decode('ascii')!r} "
+                f"but not {missing!r}: the pieces of a value must be consecutive"
+            )
 
 
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
@@ -447,7 +465,10 @@ class JobReactorAMP(amp.AMP):
     def locateResponder(self, name: bytes) -> Any:
         responder = super().locateResponder(name)
         if responder is None:
-            return None
+            # AMP's own answer says "Unhandled Command: b'...'"; say it in the protocol's terms.
+            description = f"unknown command '{printable(name.decode('utf-8', 'replace'), 100)}'"
+            return lambda box: fail(amp.RemoteAmpError(amp.UNHANDLED_ERROR_CODE, description))
+        command = self._commandDispatch[name][0]  # type: ignore[attr-defined]
 
         def guarded(box: amp.AmpBox) -> Deferred[Any]:
             # Only parsing the arguments raises here: AMP calls the responder itself inside
@@ -457,13 +478,35 @@ class JobReactorAMP(amp.AMP):
                 result: Deferred[Any] = responder(box)
             except BadMessage as error:
                 return fail(amp.RemoteAmpError(b"BAD_MESSAGE", printable(str(error), 500)))
-            except Exception as error:
-                return fail(
-                    amp.RemoteAmpError(b"BAD_MESSAGE", f"malformed argument: {printable(error)}")
-                )
+            except Exception:
+                description = describe_bad_arguments(command, box, self)
+                return fail(amp.RemoteAmpError(b"BAD_MESSAGE", printable(description, 500)))
             return result
 
         return guarded
+
+
+def describe_bad_arguments(command: type[amp.Command], box: amp.AmpBox, proto: Any) -> str:
+    """Name the first argument of ``box`` that ``command`` cannot read, in the protocol's
+    terms (docs/protocol.md §7.2): a peer in another language has no use for a Python repr."""
+    for key, argument in command.arguments:
+        text = key.decode("ascii")
+        if key not in box and not getattr(argument, "optional", False):
+            if isinstance(argument, JSON):
+                continue  # JSON.fromBox names it itself; it would have said BadMessage
+            return f"argument {text!r} is missing"
+        try:
+            argument.fromBox(key, dict(box), {}, proto)
+        except BadMessage as error:
+            return str(error)
+        except Exception:
+            value = box.get(key, b"").decode("utf-8", "replace")
+            if isinstance(argument, amp.Integer):
+                return f"argument {text!r} must be an integer in decimal digits, not {value!r:.60}"
+            if isinstance(argument, amp.Unicode):
+                return f"argument {text!r} is not valid UTF-8"
+            return f"argument {text!r} is malformed: {value!r:.60}"
+    return f"the arguments of {command.commandName.decode('ascii')} are malformed"
 
 
 class Hello(amp.Command):

@@ -207,23 +207,58 @@ def test_malformed_json_is_answered_with_bad_message_and_the_connection_stays_op
 
 
 @pytest.mark.parametrize(
-    "box",
+    ("box", "description"),
     [
-        {"payload": b"[1]", "count": b"not a number"},
-        {"payload": b"[1]"},
-        {"count": b"1"},
-        {"payload": b"\xff\xfe", "count": b"1"},
-        {"payload": b"[" * 60_000, "count": b"1"},
+        (
+            {"payload": b"[1]", "count": b"zero"},
+            "argument 'count' must be an integer in decimal digits, not 'zero'",
+        ),
+        ({"payload": b"[1]"}, "argument 'count' is missing"),
+        ({"count": b"1"}, "argument 'payload' is missing"),
+        ({"payload": b"\xff\xfe", "count": b"1"}, "argument 'payload' is not valid JSON"),
+        ({"payload": b"[" * 60_000, "count": b"1"}, "argument 'payload' is not valid JSON"),
+        (
+            {"payload": b"[1,", "payload.3": b"2]", "count": b"1"},
+            "argument 'payload' has the piece 'payload.3' but not 'payload.2'",
+        ),
+        (
+            {"payload.2": b"[1]", "count": b"1"},
+            "argument 'payload' has the piece 'payload.2' but not 'payload'",
+        ),
     ],
-    ids=["bad integer", "missing integer", "missing JSON", "not UTF-8", "nested too deeply"],
+    ids=[
+        "bad integer",
+        "missing integer",
+        "missing JSON",
+        "not UTF-8",
+        "nested too deeply",
+        "a gap in the pieces",
+        "pieces without the first",
+    ],
 )
-def test_any_malformed_argument_is_a_bad_message(box: dict[str, bytes]) -> None:
+def test_any_malformed_argument_is_a_bad_message_naming_it(
+    box: dict[str, bytes], description: str
+) -> None:
     client, server, pump = connect()
 
     answer = result_of(client.callRemoteString(b"Echo", **box), pump)
 
-    assert remote_error(answer).errorCode == b"BAD_MESSAGE"
+    error = remote_error(answer)
+    assert error.errorCode == b"BAD_MESSAGE"
+    assert error.description.startswith(description), error.description
+    assert "Error" not in error.description and "b'" not in error.description
     assert server.received == []
+    assert still_open(client, server)
+
+
+def test_an_unknown_command_is_unhandled_in_the_protocol_terms_and_the_connection_stays() -> None:
+    client, server, pump = connect()
+
+    answer = result_of(client.callRemoteString(b"NoSuchCommand"), pump)
+
+    assert isinstance(answer, Failure) and answer.check(amp.UnhandledCommand)
+    assert isinstance(answer.value, amp.UnhandledCommand)
+    assert answer.value.args == (b"UNHANDLED", "unknown command 'NoSuchCommand'")
     assert still_open(client, server)
 
 
