@@ -1,0 +1,74 @@
+"""The conformance suite's own box codec agrees with Twisted's AMP (protocol.md §2.2, §2.5),
+and the suite's runner reports failures (a suite that cannot fail would prove nothing)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.protocols import amp
+
+from jobreactor.conformance.runner import Failed, Skipped, Suite, run_suite
+from jobreactor.conformance.wire import decode_boxes, encode_box, get_json, put_json
+from jobreactor.protocol import JSON
+
+
+def test_a_box_encodes_as_twisted_serializes_it() -> None:
+    box = {b"_command": b"Hello", b"_ask": b"1", b"name": "żółw".encode(), b"empty": b""}
+
+    # Twisted writes the keys sorted; the order of keys in a box carries no meaning.
+    assert encode_box(dict(sorted(box.items()))) == amp.AmpBox(box).serialize()
+    assert decode_boxes(encode_box(box)) == ([box], b"")
+
+
+def test_boxes_decode_across_arbitrary_read_boundaries() -> None:
+    boxes = [{b"_answer": b"1", b"drop": b"[]"}, {b"_command": b"Heartbeat", b"_ask": b"2"}]
+    stream = b"".join(amp.AmpBox(box).serialize() for box in boxes)
+    decoded: list[dict[bytes, bytes]] = []
+    rest = b""
+    for at in range(len(stream)):  # one byte at a time
+        got, rest = decode_boxes(rest + stream[at : at + 1])
+        decoded += got
+
+    assert decoded == boxes
+    assert rest == b""
+
+
+def test_a_long_json_value_splits_and_joins_as_jobreactor_does() -> None:
+    value = {"blob": "x" * 150_000, "text": "żółw ✓"}
+    ours: dict[bytes, bytes] = {}
+    put_json(ours, "jobs", value)
+    theirs: dict[bytes, bytes] = {}
+    JSON().toBox(b"jobs", theirs, {"jobs": value}, None)
+
+    assert ours == theirs
+    assert sorted(ours) == [b"jobs", b"jobs.2", b"jobs.3"]
+    assert get_json(theirs, "jobs") == value
+    assert json.loads(ours[b"jobs"] + ours[b"jobs.2"] + ours[b"jobs.3"]) == value
+
+
+def test_the_runner_prints_each_check_and_exits_1_on_a_failure() -> None:
+    suite = Suite("example")
+
+    @suite.check("4.1", "passes")
+    def passes(context: object) -> None:
+        pass
+
+    @suite.check("4.2", "fails")
+    def fails(context: object) -> None:
+        raise Failed("expected X, got Y")
+
+    @suite.check("9", "skips")
+    def skips(context: object) -> None:
+        raise Skipped("needs an option")
+
+    out = io.StringIO()
+    status = run_suite(suite, object, out)
+
+    lines = out.getvalue().splitlines()
+    assert status == 1
+    assert lines[0].startswith("PASS  §4.1")
+    assert lines[1].startswith("FAIL  §4.2")
+    assert lines[2].strip() == "expected X, got Y"
+    assert lines[3].startswith("SKIP  §9")
+    assert lines[-1] == "example: 1 passed, 1 failed, 1 skipped"
