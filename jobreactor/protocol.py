@@ -477,13 +477,19 @@ class JobReactorAMP(amp.AMP):
             try:
                 result: Deferred[Any] = responder(box)
             except BadMessage as error:
+                self.bad_arguments(command)
                 return fail(amp.RemoteAmpError(b"BAD_MESSAGE", printable(str(error), 500)))
             except Exception:
                 description = describe_bad_arguments(command, box, self)
+                self.bad_arguments(command)
                 return fail(amp.RemoteAmpError(b"BAD_MESSAGE", printable(description, 500)))
             return result
 
         return guarded
+
+    def bad_arguments(self, command: type[amp.Command]) -> None:
+        """Called when the arguments of ``command`` could not be read (it is then answered
+        BAD_MESSAGE); a side that must do more, such as close the connection, overrides it."""
 
 
 def describe_bad_arguments(command: type[amp.Command], box: amp.AmpBox, proto: Any) -> str:
