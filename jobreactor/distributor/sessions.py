@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from jobreactor.distributor.records import (
@@ -36,6 +37,7 @@ from jobreactor.protocol import (
     JobReactorAMP,
     JobsDone,
     Leaving,
+    ProtocolError,
     RetryJobs,
     UnsupportedVersion,
 )
@@ -88,7 +90,22 @@ class DistributorProtocol(JobReactorAMP):
     def hello(
         self, name: str, slots: int, version: int, held: Any, credentials: Any, jobs: Any = None
     ) -> dict[str, Any]:
-        return self.distributor._hello(self, name, slots, version, held, jobs)
+        try:
+            return self.distributor._hello(self, name, slots, version, held, jobs)
+        except ProtocolError:
+            if self.link is None:
+                self._close_after_answer()
+            raise
+
+    def bad_arguments(self, command: type[amp.Command]) -> None:
+        if command is Hello and self.link is None:
+            self._close_after_answer()
+
+    def _close_after_answer(self) -> None:
+        """A refused Hello ends the connection (protocol.md §3.3), once the error is out."""
+        transport = self.transport
+        if transport is not None:
+            self.distributor._clock.callLater(0, transport.loseConnection)
 
     @Enqueue.responder
     def enqueue(self, jobs: Any) -> Deferred[dict[str, Any]]:
@@ -131,6 +148,8 @@ class DistributorProtocol(JobReactorAMP):
     def leaving(self) -> dict[str, Any]:
         if self.link is None:
             raise HelloFirst("send Hello before Leaving")
+        if self.link.slots == 0:
+            raise BadMessage("Leaving is for nodes; a client closes its connection instead")
         self.link.leaving = True
         log.info("node {node} is stopping: no more jobs for it", node=self.link.name)
         return {}
@@ -227,7 +246,8 @@ class Sessions:
         if not isinstance(held, list) or not all(isinstance(job_id, str) for job_id in held):
             raise BadMessage("held must be a list of job ids")
         if name in self._links:
-            raise DuplicateNodeName(f"a node named {name!r} is already connected")
+            kind = "client" if self._links[name].slots == 0 else "node"
+            raise DuplicateNodeName(f"a {kind} named {name!r} is already connected")
         if protocol._hello_timer is not None and protocol._hello_timer.active():
             protocol._hello_timer.cancel()
         protocol._hello_timer = None
