@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
+from jobreactor.answers import read_run_jobs_answer
 from jobreactor.distributor.records import (
     FUTURE_MARGIN,
     REST_SECONDS,
@@ -163,25 +164,31 @@ class Dispatch:
     def _sent(
         self: Distributor, answer: dict[str, Any], link: _NodeLink, batch: list[_Entry]
     ) -> None:
-        for job_id in answer.get("parked") or []:
+        verdict = read_run_jobs_answer([entry.job.id for entry in batch], answer)
+        for job_id in verdict.parked:
             link.load.discard(job_id)
+        # A job the answer does not account for is not on the node: back to the queue (§4.2).
+        unaccounted = [(job_id, "left out of its answer") for job_id in verdict.unaccounted]
         retry_elsewhere: list[_Entry] = []
-        for refusal in answer.get("rejected") or []:
-            entry = self._owned.get(str(refusal.get("id"))) if isinstance(refusal, dict) else None
+        for job_id, error in [*verdict.retry, *unaccounted]:
+            entry = self._owned.get(job_id)
             if entry is None:
                 continue
-            link.load.discard(entry.job.id)
-            if refusal.get("retry") and entry.node == link.name:
+            link.load.discard(job_id)
+            if entry.node == link.name:
                 log.warn(
                     "node {node} could not take job {job_id}: {error}",
                     node=link.name,
-                    job_id=entry.job.id,
-                    error=refusal.get("error"),
+                    job_id=job_id,
+                    error=error,
                 )
                 retry_elsewhere.append(entry)
+        for job_id, error in verdict.failed:
+            entry = self._owned.get(job_id)
+            if entry is None:
                 continue
-            message = str(refusal.get("error", "refused by the node"))
-            self._finish_with_report(entry, refusal_report(entry.job, message, "RejectedByNode"))
+            link.load.discard(job_id)
+            self._finish_with_report(entry, refusal_report(entry.job, error, "RejectedByNode"))
         if retry_elsewhere:
             self._rest(link)
             self._requeue(retry_elsewhere)

@@ -11,11 +11,14 @@ from twisted.internet import error as internet_error
 from twisted.python.failure import Failure
 
 from jobreactor.distributor.records import (
+    OUTCOME_RETRY_FIRST,
+    OUTCOME_RETRY_MAX,
     _Entry,
     _NodeLink,
     _Outbox,
     _report_size,
     log,
+    log_failure,
 )
 from jobreactor.errors import InvalidJobError
 from jobreactor.limits import printable
@@ -232,31 +235,57 @@ class OutcomeDesk:
         sent.addBoth(_answered, outbox, finals)
 
         def failed(failure: Failure) -> None:
+            if failure.check(NotEncodable):
+                if len(box) > 1:
+                    for report in box:  # one outcome that cannot be sent loses only itself
+                        self._send_outcomes(origin, link, outbox, [report], put_back)
+                    return
+                log.warn(
+                    "peer {peer} did not take {count} outcomes: {error}",
+                    peer=printable(origin, 80),
+                    count=len(box),
+                    error=printable(failure.getErrorMessage(), 300),
+                )
+                return
+            # Kept either way (§4.6): the peer collects them when it is back, or they are
+            # offered again after its error.
+            kept = self._outboxes.setdefault(origin, _Outbox())
+            at = put_back[0]
+            kept.reports[at:at] = box
+            put_back[0] += len(box)
+            self._recount_kept(origin)
             if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
-                kept = self._outboxes.setdefault(origin, _Outbox())
-                at = put_back[0]
-                kept.reports[at:at] = box  # the peer collects them when it is back
-                put_back[0] += len(box)
-                self._recount_kept(origin)
                 return
-            if failure.check(NotEncodable) and len(box) > 1:
-                for report in box:  # one outcome that cannot be sent loses only itself
-                    self._send_outcomes(origin, link, outbox, [report], put_back)
-                return
-            log.warn(
-                "peer {peer} did not take {count} outcomes: {error}",
-                peer=printable(origin, 80),
-                count=len(box),
-                error=printable(failure.getErrorMessage(), 300),
-            )
+            self._retry_outbox(origin, kept, failure)
 
-        sent.addCallback(self._delivered, box)
-        sent.addErrback(failed)
+        sent.addCallbacks(self._outcomes_taken, failed, callbackArgs=(origin, box))
+        sent.addErrback(log_failure, "handling the answer to Outcomes")
+
+    def _outcomes_taken(self: Distributor, answer: Any, origin: str, box: list[Report]) -> None:
+        outbox = self._outboxes.get(origin)
+        if outbox is not None:
+            outbox.retry_delay = 0.0
+        self._delivered(answer, box)
 
     def _delivered(self: Distributor, _: Any, box: list[Report]) -> None:
         for report in box:
             if report.final and self._ledger.durable:
                 self._ledger.add(("delivered", report.job_id))
+
+    def _retry_outbox(self: Distributor, origin: str, outbox: _Outbox, failure: Failure) -> None:
+        """The peer answered Outcomes with an error: offer the reports again, backing off."""
+        delay = min(max(OUTCOME_RETRY_FIRST, outbox.retry_delay * 2), OUTCOME_RETRY_MAX)
+        outbox.retry_delay = delay
+        log.warn(
+            "peer {peer} refused {count} outcomes ({error}); offering them again in {delay:g} s",
+            peer=origin,
+            count=len(outbox.reports),
+            error=failure.getErrorMessage(),
+            delay=delay,
+        )
+        if outbox.flush_call is not None and outbox.flush_call.active():
+            outbox.flush_call.cancel()
+        outbox.flush_call = self._clock.callLater(delay, self._flush_outbox, origin)
 
 
 def _answered(result: Any, outbox: _Outbox, finals: set[str]) -> Any:

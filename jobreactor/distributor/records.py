@@ -22,6 +22,10 @@ STOP_WAIT = 5.0
 FUTURE_MARGIN = 1.0
 #: Seconds a node that refused jobs for its own trouble gets none.
 REST_SECONDS = 1.0
+#: After an error answer to Outcomes the reports are offered again after this many seconds,
+#: doubling up to the maximum while the errors go on (protocol.md §4.6).
+OUTCOME_RETRY_FIRST = 1.0
+OUTCOME_RETRY_MAX = 30.0
 
 log = Logger()
 
@@ -102,6 +106,8 @@ class _Outbox:
     dropping: bool = False
     #: Bytes of ``reports`` counted against ``max_outcome_bytes_kept`` (0 while connected).
     kept_bytes: int = 0
+    #: Seconds before the next offer after the peer answered Outcomes with an error.
+    retry_delay: float = 0.0
 
 
 def _priority(entry: _Entry) -> int:

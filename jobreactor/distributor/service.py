@@ -185,7 +185,8 @@ class Distributor(
         ``RunJobs`` boxes already sent to be answered, then close every connection."""
         super().stopService()
         timers = [self._dispatch_call, self._pace_call, *self._grace_timers.values()]
-        for timer in [*timers, *self._handler_retries.values()]:
+        flushes = [outbox.flush_call for outbox in self._outboxes.values()]
+        for timer in [*timers, *self._handler_retries.values(), *flushes]:
             if timer is not None and timer.active():
                 timer.cancel()
         self._grace_timers.clear()
@@ -333,7 +334,12 @@ class Distributor(
             if job.id in finished or self._resent_after_end(link.name, job):
                 accepted.append(job.id)  # finished already: its outcome is on its way
                 continue
-            fresh.append(attrs.evolve(job, status=Status.NEW, enqueued_at=job.enqueued_at or now))
+            # A sender cannot choose how many runs or attempts a job has had (§4.5).
+            fresh.append(
+                attrs.evolve(
+                    job, status=Status.NEW, run=0, attempt=0, enqueued_at=job.enqueued_at or now
+                )
+            )
         full = None
         for job in fresh:
             if job.id in self._owned:  # twice in one box
