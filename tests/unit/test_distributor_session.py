@@ -268,3 +268,34 @@ def test_an_error_answer_to_outcomes_keeps_the_reports_and_offers_them_again(
     assert [r["job_id"] for r in client.peer.outcomes[-1]] == [job["id"]]
     client.settle(60)
     assert len(client.peer.outcomes) == 3
+
+
+def test_a_resend_of_a_job_whose_outcome_is_on_its_way_makes_no_second_job(
+    distributor: Distributor, clock: Clock
+) -> None:
+    node = session(distributor, clock)
+    node.hello("worker", 1)
+    client = session(distributor, clock)
+    client.hello("app", 0)
+    job = a_job()
+    client.call(Enqueue, jobs=[job])
+    node.settle()
+    client.pump.client.transport.loseConnection()  # the client is away when the job ends
+    client.settle()
+    report = {"job_id": job["id"], "run": 1, "status": "complete", "feedback": "success"}
+    node.call(JobsDone, reports=[{**report, "final": True}])
+
+    back = session(distributor, clock)
+    back.peer.callRemote(
+        Hello, name="app", slots=0, version=PROTOCOL_VERSION, held=[], credentials=None
+    )
+    back.peer.callRemote(Enqueue, jobs=[job])  # the resend races the kept outcome
+    back.settle()
+
+    assert len(node.peer.run_jobs) == 1  # not run again
+    assert distributor.pending == 0
+    assert [[r["job_id"] for r in box] for box in back.peer.outcomes] == [[job["id"]]]
+    other = session(distributor, clock)
+    other.hello("other_app", 0)
+    answer = other.call(Enqueue, jobs=[job])
+    assert answer["accepted"] == [job["id"]]  # delivered: the id is free again (§5.2)
