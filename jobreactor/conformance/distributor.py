@@ -512,12 +512,29 @@ def held_on_reconnect(context: Context) -> None:
     outcome_of(client, lost["id"])
 
 
-def reconnect(context: Context, role: str, held: list[str]) -> tuple[Peer, Any]:
+@check("5.2", "outcomes wait for an absent client; resending the job meanwhile runs it once")
+def mailbox_and_resend(context: Context) -> None:
+    client = context.client("app")
+    node = context.node()
+    the_job = job()
+    enqueue(client, the_job)
+    take(node)
+    client.close()
+    report(node, the_job["id"])
+    client, _ = reconnect(context, "app", held=[], slots=0)
+    again = enqueue(client, the_job)  # as a client resends what it has no outcome for
+    expect(again.json("accepted") == [the_job["id"]], f"the resend: {again!r}")
+    outcome = outcome_of(client, the_job["id"])
+    expect(outcome.get("status") == "complete", f"the kept outcome: {outcome!r:.200}")
+    expect(gets_none(node, 1.0), "the job was run a second time")
+
+
+def reconnect(context: Context, role: str, held: list[str], slots: int = 1) -> tuple[Peer, Any]:
     """Say Hello again under ``role`` once the distributor has seen the old connection go."""
     deadline = time.monotonic() + context.settings.timeout
     while True:
         peer = context.raw()
-        reply = context.hello(peer, context.name(role), 1, held)
+        reply = context.hello(peer, context.name(role), slots, held)
         if not reply.is_error:
             return peer, reply.json("drop")
         if reply.code != "DUPLICATE_NODE_NAME" or time.monotonic() > deadline:
