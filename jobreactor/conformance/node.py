@@ -21,7 +21,15 @@ from jobreactor.conformance.runner import (
     new_id,
     reports_of,
 )
-from jobreactor.conformance.wire import Box, Listener, NoAnswer, Peer, get_json
+from jobreactor.conformance.wire import (
+    Box,
+    Listener,
+    NoAnswer,
+    Peer,
+    arguments,
+    encode_box,
+    get_json,
+)
 
 suite = Suite("node")
 check = suite.check
@@ -39,18 +47,35 @@ class Session:
         self.peer: Peer | None = None
         self.hello: Box | None = None
         self.distributor_id = str(uuid.uuid4())
+        self.cancel_tag = b""
 
-    def accept_hello(self, drop: list[str] | None = None) -> Box:
-        """Wait for the node to dial in and say Hello; answer it (with ``drop``)."""
+    def accept_hello(self, drop: list[str] | None = None, cancel: list[str] | None = None) -> Box:
+        """Wait for the node to dial in and say Hello; answer it (with ``drop``).
+
+        With ``cancel``, a ``CancelJobs`` for those ids goes out in the same write as the
+        answer, so the node reads both at once (§3.5 item 2); its tag is :attr:`cancel_tag`.
+        """
         peer = self.listener.accept(DIAL_WAIT)
         box = peer.next_command(timeout=self.settings.timeout)
         expect(
             box.get(b"_command") == b"Hello",
             f"the first command must be Hello (§3.1), got {box.get(b'_command')!r}",
         )
-        peer.answer(
-            box, distributor_id=self.distributor_id, version=self.settings.version, drop=drop or []
+        answer = {b"_answer": box[b"_ask"]}
+        answer.update(
+            arguments(
+                distributor_id=self.distributor_id,
+                version=self.settings.version,
+                drop=drop or [],
+            )
         )
+        boxes = [answer]
+        if cancel is not None:
+            self.cancel_tag = b"cancel-after-hello"
+            command = {b"_command": b"CancelJobs", b"_ask": self.cancel_tag}
+            command.update(arguments(job_ids=cancel))
+            boxes.append(command)
+        peer.send_raw(b"".join(encode_box(one) for one in boxes))
         self.peer, self.hello = peer, box
         return box
 
@@ -239,10 +264,26 @@ def held_and_drop(session: Session) -> None:
     held = get_json(box, "held")
     expect(kept["id"] in held, f"the kept job must still be held, got {held!r:.300}")
     expect(dropped["id"] not in held, "a job answered in drop must be forgotten")
-    peer = session.current()
-    reply = peer.call("CancelJobs", job_ids=[kept["id"]])
+    reply = session.current().call("CancelJobs", job_ids=[kept["id"]])
     expect_answer(reply, "CancelJobs")
-    report_for(peer, kept["id"])
+    report_for(session.current(), kept["id"])
+
+
+@check("3.5", "the Hello answer is applied before a command that arrives in the same read")
+def hello_answer_first(session: Session) -> None:
+    peer = session.current()
+    kept, dropped = job(run_at=time.time() + 3600), job(run_at=time.time() + 3600)
+    accepted, _, _ = run_jobs(peer, kept, dropped)
+    expect(sorted(accepted) == sorted([kept["id"], dropped["id"]]), f"accepted {accepted}")
+    session.drop_connection()
+    session.accept_hello(drop=[dropped["id"]], cancel=[dropped["id"], kept["id"]])
+    reply = session.current().reply_to(session.cancel_tag)
+    expect_answer(reply, "CancelJobs sent with the Hello answer")
+    expect(
+        reply.json("cancelled") == [kept["id"]],
+        f"the dropped job must be forgotten before the CancelJobs: cancelled {reply!r}",
+    )
+    report_for(session.current(), kept["id"])
 
 
 @check("4.7", "a stopping node sends Leaving, hands back unstarted jobs and refuses new ones")

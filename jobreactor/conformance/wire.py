@@ -167,8 +167,12 @@ class Peer:
     # -- sending -----------------------------------------------------------------------
 
     def send(self, box: Box) -> None:
+        self.send_raw(encode_box(box))
+
+    def send_raw(self, data: bytes) -> None:
+        """Send encoded boxes in one write (so the other side may read them together)."""
         try:
-            self.sock.sendall(encode_box(box))
+            self.sock.sendall(data)
         except OSError as error:
             raise Closed(f"could not send: {error}") from None
 
