@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 
+import pytest
 from twisted.protocols import amp
 
+from jobreactor.conformance.__main__ import main
 from jobreactor.conformance.runner import Failed, Skipped, Suite, run_suite
 from jobreactor.conformance.wire import decode_boxes, encode_box, get_json, put_json
 from jobreactor.protocol import JSON
@@ -72,3 +75,18 @@ def test_the_runner_prints_each_check_and_exits_1_on_a_failure() -> None:
     assert lines[2].strip() == "expected X, got Y"
     assert lines[3].startswith("SKIP  §9")
     assert lines[-1] == "example: 1 passed, 1 failed, 1 skipped"
+
+
+def test_the_command_line_refuses_a_bad_address_and_an_unreachable_distributor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["localhost", "--role", "distributor"])
+    assert exited.value.code == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main([f"127.0.0.1:{port}", "--role", "distributor", "--timeout", "1"]) == 2
+    assert f"cannot connect to a distributor at 127.0.0.1:{port}" in capsys.readouterr().err
