@@ -176,6 +176,8 @@ def hello_first(context: Context) -> None:
         ("CancelJobs", {"job_ids": [new_id()]}),
         ("JobsDone", {"reports": []}),
         ("Leaving", {}),
+        ("GetOutcome", {"job_id": new_id()}),
+        ("RetryJobs", {"job_ids": [new_id()]}),
     ]
     for command, values in commands:
         expect_error(peer.call(command, **values), "HELLO_FIRST", f"{command} before Hello")
@@ -309,6 +311,39 @@ def minimal_job(context: Context) -> None:
     expect(outcome.get("status") == "complete", f"outcome {outcome!r:.200}")
     expect(outcome.get("feedback") == "success", f"outcome {outcome!r:.200}")
     expect(outcome.get("args") == {"n": 1, "done": True}, f"outcome args {outcome!r:.200}")
+
+
+@check("4.9", "GetOutcome gives a finished job's outcome, null for an unknown id; RetryJobs")
+def outcome_look_up(context: Context) -> None:
+    client = context.client()
+    node = context.node()
+    unknown = new_id()
+    reply = client.call("GetOutcome", job_id=unknown)
+    expect_answer(reply, "GetOutcome of an unknown id")
+    expect(b"outcome" not in reply.box or reply.json("outcome") is None, f"got {reply!r}")
+    the_job = job(args={"n": 2})
+    enqueue(client, the_job)
+    take(node)
+    report(node, the_job["id"], args={"n": 2, "done": True})
+    outcome_of(client, the_job["id"])
+    reply = client.call("GetOutcome", job_id=the_job["id"])
+    expect_answer(reply, "GetOutcome")
+    found = reply.json("outcome")
+    expect(isinstance(found, dict), f"outcome must be an object, got {found!r:.200}")
+    expect(
+        (found.get("job_id"), found.get("status"), found.get("args"))
+        == (the_job["id"], "done", {"n": 2, "done": True}),
+        f"outcome {found!r:.300}",
+    )
+    retried = client.call("RetryJobs", job_ids=[the_job["id"], unknown])
+    expect_answer(retried, "RetryJobs (§4.10)")
+    expect(retried.json("retried") == [the_job["id"]], f"retried {retried!r}")
+    expect([e.get("id") for e in retried.json("rejected")] == [unknown], f"{retried!r}")
+    again = take(node)
+    expect([j["id"] for j in again] == [the_job["id"]], f"the retried job: {again!r:.200}")
+    expect(again[0].get("args") == {"n": 2}, f"a retry runs the args as enqueued: {again!r:.200}")
+    report(node, the_job["id"], run=again[0].get("run", 1) + 1)
+    outcome_of(client, the_job["id"])
 
 
 @check("4.5", "Enqueue resets status, run and attempt")
