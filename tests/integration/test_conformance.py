@@ -1,8 +1,9 @@
 """The conformance suite (``python -m jobreactor.conformance``) against the real daemons.
 
-Both sides are separate processes over loopback TCP: a ``twistd -n jr-distributor`` checked
-by the suite playing nodes and clients, and a ``twistd -n jr-node`` that dials the suite
-playing the distributor (and is stopped with SIGTERM when the suite waits for ``Leaving``).
+Both sides are separate processes over loopback TCP: a ``twistd -n jr-distributor`` (with
+memory and with SQLite storage) checked by the suite playing nodes and clients, and a
+``twistd -n jr-node`` that dials the suite playing the distributor (and is stopped with
+SIGTERM when the suite waits for ``Leaving``).
 """
 
 from __future__ import annotations
@@ -64,15 +65,17 @@ def suite(address: str, *options: str) -> list[str]:
     return [sys.executable, "-m", "jobreactor.conformance", address, *options]
 
 
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
 def test_the_distributor_passes_the_conformance_suite(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], storage: str
 ) -> None:
     port = free_port()
+    url = "memory" if storage == "memory" else f"sqlite:{tmp_path / 'distributor.db'}"
     distributor = subprocess.Popen(
         [
             TWISTD, "-n", "--pidfile=", f"--logfile={tmp_path / 'distributor.log'}",
             "jr-distributor", "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--setting", "hello_timeout=1",
+            "--storage", url, "--setting", "hello_timeout=1",
         ],
         cwd=tmp_path,
         env=node_env(),
