@@ -36,10 +36,19 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "address",
         type=address,
+        nargs="?",
         help="distributor role: where the distributor listens; node role: where the suite "
         "listens for the node to dial in",
     )
-    parse.add_argument("--role", choices=["distributor", "node"], required=True)
+    parse.add_argument(
+        "--role",
+        choices=["distributor", "node"],
+        required=True,
+        help="distributor: the suite plays nodes and clients; node: it plays the distributor",
+    )
+    parse.add_argument(
+        "--list", action="store_true", help="print the checks of the role and their sections"
+    )
     parse.add_argument("--timeout", type=positive, default=5.0, help="seconds per wait (5)")
     parse.add_argument(
         "--version",
@@ -62,7 +71,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parser().parse_args(argv)
+    parse = parser()
+    options = parse.parse_args(argv)
+    suite = distributor.suite if options.role == "distributor" else node.suite
+    if options.list:
+        for check in suite.checks:
+            print(f"§{check.section:<6} {check.title}")
+        return 0
+    if options.address is None:
+        parse.error("give the address, HOST:PORT")
     host, port = options.address
     settings = Settings(
         host=host,

@@ -90,3 +90,13 @@ def test_the_command_line_refuses_a_bad_address_and_an_unreachable_distributor(
         port = sock.getsockname()[1]
     assert main([f"127.0.0.1:{port}", "--role", "distributor", "--timeout", "1"]) == 2
     assert f"cannot connect to a distributor at 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_list_prints_every_check_with_the_section_it_cites(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--role", "distributor", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 20
+    assert all(line.startswith("§") for line in lines)
+    assert any("a split JSON value with a missing piece is BAD_MESSAGE" in line for line in lines)
