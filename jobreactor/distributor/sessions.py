@@ -18,6 +18,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from jobreactor.distributor.records import (
+    FUTURE_MARGIN,
     NodeInfo,
     _NodeLink,
     log,
@@ -266,6 +267,7 @@ class Sessions:
         if timer is not None and timer.active():
             timer.cancel()
         held_ids = set(held)
+        due_by = self._clock.seconds() + FUTURE_MARGIN
         drop = []
         for job_id in held_ids:
             entry = self._owned.get(job_id)
@@ -275,8 +277,11 @@ class Sessions:
                 self._unqueue(entry)
                 entry.node = name
                 self._keep_node(entry)
-            if entry is not None and entry.node == name and entry.cancel_requested:
-                self._clock.callLater(0, self._cancel_on, name, job_id)  # after the answer
+            if entry is not None and entry.node == name:
+                if entry.job.run_at is None or entry.job.run_at <= due_by:
+                    link.load.add(job_id)  # running or due there: it holds a slot (§4.1)
+                if entry.cancel_requested:
+                    self._clock.callLater(0, self._cancel_on, name, job_id)  # after the answer
         lost = [e for e in self._owned.values() if e.node == name and e.job.id not in held_ids]
         self._requeue(lost)
         log.info(

@@ -299,3 +299,28 @@ def test_a_resend_of_a_job_whose_outcome_is_on_its_way_makes_no_second_job(
     other.hello("other_app", 0)
     answer = other.call(Enqueue, jobs=[job])
     assert answer["accepted"] == [job["id"]]  # delivered: the id is free again (§5.2)
+
+
+def test_held_jobs_take_their_slots_again_after_a_reconnect(
+    distributor: Distributor, clock: Clock
+) -> None:
+    node = session(distributor, clock)
+    node.hello("worker", 1)
+    first = distributor.enqueue("noop", {})
+    node.settle()
+    node.pump.client.transport.loseConnection()
+    node.settle()
+
+    back = session(distributor, clock)
+    answer = back.call(
+        Hello, name="worker", slots=1, version=PROTOCOL_VERSION, held=[first.id], credentials=None
+    )
+    assert answer["drop"] == []
+    second = distributor.enqueue("noop", {})
+    back.settle()
+    assert back.peer.run_jobs == []  # its one slot is taken by the job it still runs (§4.1)
+
+    report = {"job_id": first.id, "run": 1, "status": "complete", "feedback": "success"}
+    back.call(JobsDone, reports=[{**report, "final": True}])
+    back.settle()
+    assert [[job["id"] for job in jobs] for jobs in back.peer.run_jobs] == [[second.id]]
