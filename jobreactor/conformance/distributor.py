@@ -535,7 +535,7 @@ def held_on_reconnect(context: Context) -> None:
         taken += take(node)
     expect(len(taken) == 2, f"a node with 2 slots should get both jobs, got {taken!r:.200}")
     node.close()
-    again = reconnect(context, "worker", held=[kept["id"]])
+    again = reconnect(context, "worker", held=[kept["id"]], slots=2)  # kept takes one
     reply_drop = again[1]
     expect(reply_drop == [], f"drop must be empty for a held job still placed here: {reply_drop}")
     node = again[0]
@@ -545,6 +545,27 @@ def held_on_reconnect(context: Context) -> None:
     report(node, lost["id"])
     outcome_of(client, kept["id"])
     outcome_of(client, lost["id"])
+
+
+@check("4.1", "a job a reconnecting node holds takes its slot again")
+def held_takes_a_slot(context: Context) -> None:
+    client = context.client()
+    node = context.node("busy", slots=1)
+    running = job()
+    enqueue(client, running)
+    take(node)
+    node.close()
+    node, drop = reconnect(context, "busy", held=[running["id"]], slots=1)
+    expect(drop == [], f"drop {drop}")
+    waiting = job()
+    enqueue(client, waiting)
+    expect(gets_none(node, 1.0), "a node with its one slot held got another job")
+    report(node, running["id"])
+    taken = take(node)
+    expect([j["id"] for j in taken] == [waiting["id"]], f"RunJobs carried {taken!r:.200}")
+    report(node, waiting["id"])
+    outcome_of(client, running["id"])
+    outcome_of(client, waiting["id"])
 
 
 @check("5.2", "outcomes wait for an absent client; resending the job meanwhile runs it once")
