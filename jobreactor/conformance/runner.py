@@ -106,8 +106,10 @@ def run_suite(suite: Suite, context_for: Callable[[], Any], out: TextIO = sys.st
             outcome, note = Outcome.FAIL, f"timed out: {reason}"
         except Closed as reason:
             outcome, note = Outcome.FAIL, f"connection closed unexpectedly: {reason}"
-        except (OSError, ValueError, KeyError) as reason:
-            outcome, note = Outcome.FAIL, f"{type(reason).__name__}: {reason}"
+        except Exception as reason:
+            # A peer under test may answer with any shape (a job that is not an object, a
+            # list where an id was due): that fails the check, never the whole run.
+            outcome, note = Outcome.FAIL, f"unexpected answer ({type(reason).__name__}: {reason})"
         finally:
             cleanup = getattr(context, "cleanup", None)
             if cleanup is not None:

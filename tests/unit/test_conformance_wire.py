@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
 
 import pytest
 from twisted.protocols import amp
 
+from jobreactor.conformance import distributor
 from jobreactor.conformance.__main__ import main
-from jobreactor.conformance.runner import Failed, Skipped, Suite, run_suite
+from jobreactor.conformance.runner import Failed, Settings, Skipped, Suite, run_suite
 from jobreactor.conformance.wire import decode_boxes, encode_box, get_json, put_json
 from jobreactor.protocol import JSON
 
@@ -100,3 +102,67 @@ def test_list_prints_every_check_with_the_section_it_cites(
     assert len(lines) > 20
     assert all(line.startswith("§") for line in lines)
     assert any("a split JSON value with a missing piece is BAD_MESSAGE" in line for line in lines)
+
+
+class YesMan:
+    """A distributor that answers every command with an empty answer and closes nothing:
+    what the suite must catch."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.server.settimeout(0.1)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        rest = b""
+        conn.settimeout(0.1)
+        with conn:
+            while not self.stopped.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                boxes, rest = decode_boxes(rest + data)
+                for box in boxes:
+                    if b"_ask" in box:
+                        conn.sendall(encode_box({b"_answer": box[b"_ask"]}))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+def test_the_suite_fails_a_distributor_that_says_yes_to_everything() -> None:
+    yes_man = YesMan()
+    wanted = {"3.1", "3.3", "2.3"}
+    suite = Suite("distributor")
+    suite.checks = [check for check in distributor.suite.checks if check.section in wanted]
+    settings = Settings(host="127.0.0.1", port=yes_man.port, timeout=0.5)
+    out = io.StringIO()
+    try:
+        status = run_suite(suite, lambda: distributor.context_for(settings), out)
+    finally:
+        yes_man.stop()
+
+    lines = out.getvalue().splitlines()
+    assert status == 1
+    verdicts = [line.split()[:2] for line in lines if line.startswith(("PASS", "FAIL"))]
+    assert verdicts and all(verdict == "FAIL" for verdict, _ in verdicts), out.getvalue()
+    assert {section.lstrip("§") for _, section in verdicts} == wanted
+    assert "expected the error HELLO_FIRST" in out.getvalue()
