@@ -137,8 +137,6 @@ class OutcomeDesk:
             self._fire_followers(entry, report)
 
     def _forward(self: Distributor, origin: str, report: Report) -> None:
-        if report.final:
-            self._delivering[report.job_id] = origin  # until the origin acknowledges it
         outbox = self._outboxes.setdefault(origin, _Outbox())
         outbox.reports.append(report)
         if origin not in self._links:
