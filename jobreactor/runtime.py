@@ -381,6 +381,7 @@ class JobReactor:
         *,
         name: str | None = None,
         on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> Deferred[Client]:
         """Use a standalone distributor (``twistd jr-distributor``) for ``JR.enqueue``.
 
@@ -388,6 +389,7 @@ class JobReactor:
         accepted this client. With a stable ``name`` a connection blip loses no outcome, and
         a restarted process receives the outcomes of its predecessor's jobs through
         ``on_unknown_outcome(report)`` (default: a fresh name per process).
+        ``credentials=(user, password)`` for a distributor that asks for them.
         """
         client = connect(
             endpoint,
@@ -395,6 +397,7 @@ class JobReactor:
             config=self.config,
             reactor=self.reactor,
             on_unknown_outcome=on_unknown_outcome,
+            credentials=credentials,
         )
         self.client = client
         self.reactor.addSystemEventTrigger("before", "shutdown", client.stopService)
