@@ -105,9 +105,7 @@ def read_users_file(path: str) -> dict[str, UserLine]:
                 scram.StoredKeys.parse(fields[1])
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
-        names = (
-            tuple(n.strip() for n in fields[3].split(",") if n.strip()) if len(fields) > 3 else ()
-        )
+        names = tuple(n.strip() for n in fields[3].split(",") if n.strip())
         users[fields[0]] = UserLine(fields[1], roles or DEFAULT_ROLES, names)
     return users
 
@@ -282,7 +280,7 @@ def authority_from_string(description: str) -> Authority:
     salts: Callable[[str], tuple[bytes, int] | None] | None = None
     if kind == "file":
         if not os.path.isfile(argument):
-            raise ConfigError(f"--auth {description}: no such credentials file")
+            raise ConfigError(f"no credentials file {argument!r}")
         read_users_file(argument)  # a malformed file stops the start, not the first login
         checker: Any = FilePasswordDB(argument, cache=False)
 
@@ -304,12 +302,14 @@ def authority_from_string(description: str) -> Authority:
         try:
             checker = makeChecker(description)
         except Exception as error:
-            raise ConfigError(f"--auth {description}: {error}") from None
+            raise ConfigError(
+                f"{description!r} is not a twisted.cred checker string ({error})"
+            ) from None
         certificates = VerifiedCertificates()
     if IUsernameHashedPassword not in getattr(checker, "credentialInterfaces", ()):
         raise ConfigError(
-            f"--auth {description}: this checker needs the password itself, which jobreactor "
-            "never sends; use file:PATH or memory:USER:PASSWORD"
+            f"the {kind} checker needs the password itself, which jobreactor never sends; "
+            "use file:PATH or memory:USER:PASSWORD:..."
         )
     portal = Portal(PeerRealm(lookup), [checker, certificates])
     return Authority(portal, salts, bytes_names=isinstance(checker, FilePasswordDB))
