@@ -130,7 +130,7 @@ def test_bad_auth_strings_say_why(tmp_path: Path) -> None:
         authority_from_string(f"file:{tmp_path / 'missing'}")
     with pytest.raises(ConfigError, match="needs the password itself"):
         authority_from_string("anonymous")
-    with pytest.raises(ConfigError, match="not a twisted.cred checker string"):
+    with pytest.raises(ConfigError, match=r"not a twisted\.cred checker string"):
         authority_from_string("nosuchchecker:x")
 
 
