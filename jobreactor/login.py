@@ -57,12 +57,20 @@ def say_hello(
     held: list[str],
     credentials: Credentials | None,
     endpoint: str,
+    jobs: dict[str, Any] | None = None,
 ) -> Deferred[dict[str, Any]]:
-    """Introduce this peer; fire with the ``Hello`` answer or fail with the refusal."""
+    """Introduce this peer; fire with the ``Hello`` answer or fail with the refusal.
+    ``jobs``: a node's job names and their rate limits (see ``Hello``)."""
 
     def hello(proof: dict[str, str] | None) -> Deferred[dict[str, Any]]:
         said: Deferred[dict[str, Any]] = protocol.callRemote(
-            Hello, name=name, slots=slots, version=PROTOCOL_VERSION, held=held, credentials=proof
+            Hello,
+            name=name,
+            slots=slots,
+            version=PROTOCOL_VERSION,
+            held=held,
+            credentials=proof,
+            jobs=jobs,
         )
         return said
 
