@@ -128,6 +128,12 @@ class Gate:
         peer = session.peer
         return peer is None or peer.may_be("admin") or peer.user == owner
 
+    def may_see(self, session: Session, origin: str | None, name: str) -> bool:
+        """A stored outcome (``GetOutcome``, ``RetryJobs``) is for the peer name that
+        enqueued the job, or an admin; without authentication, for anyone."""
+        peer = session.peer
+        return peer is None or peer.may_be("admin") or origin == name
+
     def may_collect(self, session: Session, owner: str | None) -> bool:
         """Outcomes kept for a name go only to the user that enqueued their jobs."""
         peer = session.peer
