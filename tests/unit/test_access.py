@@ -185,11 +185,12 @@ def test_an_old_peer_is_told_the_version_first(distributor: Distributor) -> None
 
 def test_nothing_but_the_login_is_answered_before_hello(distributor: Distributor) -> None:
     client, _server, pump = connect(distributor)
-    for command, arguments in [
+    calls: list[tuple[type[amp.Command], dict[str, Any]]] = [
         (Enqueue, {"jobs": [job("j1")]}),
         (CancelJobs, {"job_ids": ["j1"]}),
         (Heartbeat, {}),
-    ]:
+    ]
+    for command, arguments in calls:
         answer = outcome(client.callRemote(command, **arguments), pump)
         assert "send Hello before" in refusal(answer)
     assert distributor.pending == 0
@@ -200,7 +201,9 @@ def test_amp_start_tls_is_refused(distributor: Distributor) -> None:
     assert not isinstance(hello(client, pump, "alice", ("alice", "s3cret")), Failure)
     answer = outcome(client.callRemote(amp.StartTLS), pump)
     assert answer.check(amp.UnhandledCommand)
-    assert server.transport is not None and not server.transport.disconnecting
+    assert server.transport is not None
+    assert not server.transport.disconnecting  # type: ignore[attr-defined]
+    assert server.link is not None, "the connection carries on"
 
 
 def test_a_cancel_counts_only_from_the_enqueuer_or_an_admin(distributor: Distributor) -> None:
