@@ -300,9 +300,9 @@ async def test_the_password_never_crosses_the_wire(secured: Any, nodes: NodeProc
     Recording.clientProtocolFactory = RecordingClientFactory
     factory = portforward.ProxyFactory("127.0.0.1", port)
     factory.protocol = Recording
-    proxy = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    proxy: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
     try:
-        proxy_port = proxy.getHost().port
+        proxy_port: int = proxy.getHost().port
         start_worker(nodes, "worker_1", proxy_port)
         await joined(nodes, "worker_1")
         client = await started_client(proxy_port, "app", "app", "apppw")
