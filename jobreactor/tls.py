@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
@@ -85,8 +86,10 @@ def peer_common_name(transport: Any) -> str | None:
         return None
     if certificate is None:
         return None
-    name = certificate.get_subject().commonName
-    return str(name) if name else None
+    if hasattr(certificate, "to_cryptography"):  # pyOpenSSL's X509
+        certificate = certificate.to_cryptography()
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names and names[0].value else None
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
