@@ -15,7 +15,8 @@ file also gives each user's roles and names; one user a line::
     ops:passphrase:client,admin:ops
 
 The password field is the password itself or keys made by ``python -m jobreactor.credentials
-USER`` (``scram-sha-256$...``, better: the file then holds no password). Roles are ``node``,
+USER`` (``scram-sha-256$...``, better: the file then holds no password), or ``!`` for a user
+that logs in only with a client certificate. Roles are ``node``,
 ``client`` and ``admin`` (comma-separated, default ``node,client``); names are
 comma-separated glob patterns (default: the user name itself). The file is read at every
 login, so a change applies to the next connection without a restart.
@@ -46,6 +47,8 @@ from jobreactor.errors import ConfigError
 ROLES = frozenset({"node", "client", "admin"})
 #: Roles of a user whose line names none (and of every user of a non-file checker).
 DEFAULT_ROLES = frozenset({"node", "client"})
+#: A password field starting with this allows no password login (a client-certificate user).
+NO_PASSWORD = "!"
 
 
 class IPeer(Interface):
@@ -135,6 +138,8 @@ class PasswordProof:
 
     def checkPassword(self, password: Any) -> bool:
         text = password.decode("utf-8") if isinstance(password, bytes) else str(password)
+        if text.startswith(NO_PASSWORD):
+            return False  # a certificate-only user
         if text.startswith(scram.STORED_PREFIX):
             try:
                 keys = scram.StoredKeys.parse(text)

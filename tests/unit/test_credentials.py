@@ -50,6 +50,7 @@ def users_file(tmp_path: Path) -> Path:
         f"{scram.stored_line('bob', 'hunter2')}:node:worker_*\n"
         "web:pw:client\n"
         "ops:pw:client,admin:ops,ops-*\n"
+        "cert_only:!:node\n"
     )
     return path
 
@@ -141,3 +142,14 @@ def test_credentials_file_of_a_node(tmp_path: Path) -> None:
     path.write_text("just-a-name\n")
     with pytest.raises(ConfigError, match="expected one line user:password"):
         read_credentials_file(str(path))
+
+
+def test_a_certificate_only_user_has_no_password(users_file: Path) -> None:
+    authority = authority_from_string(f"file:{users_file}")
+    challenge, wire, _ = answer(authority, "cert_only", "!")
+    with pytest.raises(UnauthorizedLogin):
+        result_of(authority.login(challenge, wire))
+    peer = result_of(authority.login_certificate("cert_only"))
+    assert peer == Peer("cert_only", frozenset({"node"}), ())
+    with pytest.raises(UnauthorizedLogin):
+        result_of(authority.login_certificate("not_listed"))
