@@ -213,17 +213,22 @@ class Authority:
     """The distributor's gate: challenges, then logs peers in through ``portal``.
 
     ``salts(user)`` gives ``(salt, iterations)`` of a user with stored keys, or None (its
-    checker holds the password: the salt is :func:`scram.default_salt`).
+    checker holds the password: the salt is :func:`scram.default_salt`). ``bytes_names``:
+    whether the password checker spells user names as bytes (``FilePasswordDB`` does; found
+    out from the portal's checkers when not given).
     """
 
     def __init__(
         self,
         portal: Portal,
         salts: Callable[[str], tuple[bytes, int] | None] | None = None,
-        bytes_names: bool = True,
+        bytes_names: bool | None = None,
     ) -> None:
         self.portal = portal
         self._salts = salts
+        if bytes_names is None:
+            checker = portal.checkers.get(IUsernameHashedPassword)
+            bytes_names = isinstance(checker, FilePasswordDB)
         self._bytes_names = bytes_names
 
     def challenge(self, user: str) -> Challenge:

@@ -20,7 +20,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.protocols import amp, portforward
 
-from jobreactor import Client, connect
+from jobreactor import Client, ConfigError, JobReactor, connect
 from jobreactor.model import Report, Status
 from jobreactor.protocol import (
     PROTOCOL_VERSION,
@@ -315,3 +315,38 @@ async def test_the_password_never_crosses_the_wire(secured: Any, nodes: NodeProc
     wire = b"".join(captured)
     assert b"Challenge" in wire and b"worker_1" in wire and b"app" in wire
     assert b"workerpw" not in wire and b"apppw" not in wire
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_embedded_distributor_node_and_client_with_credentials(
+    tmp_path: Path, nodes: NodeProcesses
+) -> None:
+    users = tmp_path / "users"
+    users.write_text(USERS)
+    runtime = JobReactor(reactor=reactor)
+    distributor = await bounded(runtime.start_distributor("127.0.0.1", 0, auth=f"file:{users}"))
+    port = distributor.address.port
+    node = await bounded(
+        runtime.start_node(
+            "worker_1",
+            distributors=[("127.0.0.1", port)],
+            jobs_directory=str(nodes.jobs_dir),
+            credentials=("worker", "workerpw"),
+        )
+    )
+    client: Client | None = None
+    try:
+        await bounded(distributor.when_nodes(names=["worker_1"]))
+        client = await bounded(
+            JobReactor(reactor=reactor).connect(
+                f"tcp:host=127.0.0.1:port={port}", name="app", credentials=("app", "apppw")
+            )
+        )
+        assert (await bounded(client.enqueue("my_job", {}).deferred))["result"] == "Yay!"
+        with pytest.raises(ConfigError, match="no credentials file"):
+            runtime.start_distributor("127.0.0.1", 0, auth=f"file:{tmp_path / 'none'}")
+    finally:
+        if client is not None:
+            await client.stopService()
+        await node.stopService()
+        await distributor.stopService()

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
@@ -328,3 +330,36 @@ def test_kept_outcomes_go_only_to_the_same_user(distributor: Distributor) -> Non
     distributor._clock.advance(0)  # type: ignore[attr-defined]
     back_pump.flush()
     assert [report["job_id"] for report in back.outcomes] == ["j1"]
+
+
+class FakePort:
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+    def getHost(self) -> Any:
+        return self.address
+
+
+@pytest.mark.parametrize(
+    ("address", "warned"),
+    [
+        (IPv4Address("TCP", "0.0.0.0", 5000), True),
+        (IPv4Address("TCP", "10.1.2.3", 5000), True),
+        (IPv4Address("TCP", "127.0.0.1", 5000), False),
+        (IPv6Address("TCP", "::1", 5000), False),
+        (UNIXAddress(b"/run/jr.sock"), False),
+    ],
+)
+def test_an_open_port_without_auth_is_warned_about(address: Any, warned: bool) -> None:
+    clock = Clock()
+    distributor = Distributor("tcp:5000", reactor=clock, clock=clock)
+    with capturedLogs() as events:
+        distributor._listened(FakePort(address))  # type: ignore[arg-type]
+    warnings = [e for e in events if "without authentication" in e.get("log_format", "")]
+    assert len(warnings) == (1 if warned else 0)
+
+
+def test_an_open_port_with_auth_is_not_warned_about(distributor: Distributor) -> None:
+    with capturedLogs() as events:
+        distributor._listened(FakePort(IPv4Address("TCP", "0.0.0.0", 5000)))  # type: ignore[arg-type]
+    assert not [e for e in events if "without authentication" in e.get("log_format", "")]

@@ -153,3 +153,22 @@ def test_a_certificate_only_user_has_no_password(users_file: Path) -> None:
     assert peer == Peer("cert_only", frozenset({"node"}), ())
     with pytest.raises(UnauthorizedLogin):
         result_of(authority.login_certificate("not_listed"))
+
+
+@pytest.mark.parametrize("spelling", ["file", "memory"])
+def test_a_portal_of_your_own(users_file: Path, spelling: str) -> None:
+    from twisted.cred.checkers import FilePasswordDB, InMemoryUsernamePasswordDatabaseDontUse
+    from twisted.cred.portal import Portal
+
+    from jobreactor.credentials import Authority, PeerRealm
+
+    checker: Any
+    if spelling == "file":
+        checker = FilePasswordDB(str(users_file))
+    else:
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        checker.addUser("alice", "s3cret")
+    authority = Authority(Portal(PeerRealm(), [checker]))
+    challenge, wire, _ = answer(authority, "alice", "s3cret")
+    peer, _ = result_of(authority.login(challenge, wire))
+    assert peer == Peer("alice")
