@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.protocols import amp, portforward
+from twisted.python.failure import Failure
 
 from jobreactor import Client, ConfigError, JobReactor, connect
 from jobreactor.model import Report, Status
@@ -82,6 +85,11 @@ class Intruder(JobReactorAMP):
     def __init__(self) -> None:
         super().__init__()
         self.stolen: list[dict[str, Any]] = []
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.closed.callback(None)
 
     @RunJobs.responder
     def run_jobs(self, jobs: Any) -> dict[str, Any]:
@@ -136,18 +144,22 @@ async def test_without_credentials_an_intruder_gets_nothing(
     assert "HelloFirst" in await refused(thief.callRemote(Enqueue, jobs=[]))
     assert "HelloFirst" in await refused(thief.callRemote(JobsDone, reports=[]))
     # (b) a node with a million slots; (e) the name of a node that is not up yet
-    message = await refused(thief.callRemote(Hello, **hello("worker_1", 1_000_000)))
+    huge = await intruder(port)
+    message = await refused(huge.callRemote(Hello, **hello("worker_1", 1_000_000)))
     assert "Unauthorized" in message and "asks for credentials" in message
-    assert "asks for credentials" in await refused(thief.callRemote(Hello, **hello("app", 0)))
+    await bounded(huge.closed, 10)  # one login attempt per connection
+    early = await intruder(port)
+    assert "asks for credentials" in await refused(early.callRemote(Hello, **hello("app", 0)))
     start_worker(nodes, "worker_1", port)
     await joined(nodes, "worker_1")
-    # the rightful client enqueues and gets its outcome; the intruder got no job
+    # the rightful client enqueues and gets its outcome; no intruder got a job
     client = await started_client(port, "app", "app", "apppw")
     try:
         result = await bounded(client.enqueue("my_job", {"n": 1}).deferred)
         assert result["result"] == "Yay!"
-        assert thief.stolen == []
-        assert "HelloFirst" in await refused(thief.callRemote(CancelJobs, job_ids=["x"]))
+        assert thief.stolen == huge.stolen == early.stolen == []
+        late = await intruder(port)
+        assert "HelloFirst" in await refused(late.callRemote(CancelJobs, job_ids=["x"]))
     finally:
         await client.stopService()
     assert log.read_text().count("refused Hello from") == 2, "one line per refused Hello"

@@ -363,3 +363,11 @@ def test_an_open_port_with_auth_is_not_warned_about(distributor: Distributor) ->
     with capturedLogs() as events:
         distributor._listened(FakePort(IPv4Address("TCP", "0.0.0.0", 5000)))  # type: ignore[arg-type]
     assert not [e for e in events if "without authentication" in e.get("log_format", "")]
+
+
+def test_a_refused_login_closes_the_connection(distributor: Distributor) -> None:
+    client, server, pump = connect(distributor)
+    assert isinstance(hello(client, pump, "alice", ("alice", "wrong")), Failure)
+    distributor._clock.advance(0)  # type: ignore[attr-defined]
+    pump.flush()
+    assert server.lost, "one login attempt per connection"
