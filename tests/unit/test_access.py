@@ -371,3 +371,32 @@ def test_a_refused_login_closes_the_connection(distributor: Distributor) -> None
     distributor._clock.advance(0)  # type: ignore[attr-defined]
     pump.flush()
     assert server.lost, "one login attempt per connection"
+
+
+def test_two_users_allowed_one_name_each_get_only_their_outcomes(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    path.write_text("alice:a:client:shared\nbob:b:client:shared\nworker:w:node:worker_*\n")
+    clock = Clock()
+    distributor = Distributor(
+        None, portal=authority_from_string(f"file:{path}"), reactor=clock, clock=clock
+    )
+    distributor.startService()
+    node, _, node_pump = connect(distributor)
+    hello(node, node_pump, "worker_1", ("worker", "w"), 5)
+    for user, password, job_id in [("alice", "a", "ja"), ("bob", "b", "jb")]:
+        client, server, pump = connect(distributor)
+        hello(client, pump, "shared", (user, password))
+        outcome(client.callRemote(Enqueue, jobs=[job(job_id)]), pump)
+        server.transport.loseConnection()  # type: ignore[union-attr]
+        pump.flush()
+    clock.advance(0)
+    node_pump.flush()
+    outcome(node.callRemote(JobsDone, reports=[done("ja"), done("jb")]), node_pump)
+    for user, password, job_id in [("bob", "b", "jb"), ("alice", "a", "ja")]:
+        client, server, pump = connect(distributor)
+        hello(client, pump, "shared", (user, password))
+        clock.advance(0)
+        pump.flush()
+        assert [report["job_id"] for report in client.outcomes] == [job_id], user
+        server.transport.loseConnection()  # type: ignore[union-attr]
+        pump.flush()
