@@ -26,11 +26,13 @@ from jobreactor.protocol import (
     CancelJobs,
     Challenge,
     Enqueue,
+    GetOutcome,
     Heartbeat,
     Hello,
     JobReactorAMP,
     JobsDone,
     Outcomes,
+    RetryJobs,
     RunJobs,
     Unauthorized,
 )
@@ -400,3 +402,27 @@ def test_two_users_allowed_one_name_each_get_only_their_outcomes(tmp_path: Path)
         assert [report["job_id"] for report in client.outcomes] == [job_id], user
         server.transport.loseConnection()  # type: ignore[union-attr]
         pump.flush()
+
+
+def test_stored_outcomes_are_read_and_retried_only_by_their_enqueuer_or_an_admin(
+    distributor: Distributor,
+) -> None:
+    alice, _, alice_pump = connect(distributor)
+    hello(alice, alice_pump, "alice", ("alice", "s3cret"))
+    outcome(alice.callRemote(Enqueue, jobs=[job("j1")]), alice_pump)
+    node, _, pump = connect(distributor)
+    hello(node, pump, "worker_1", ("worker", "workerpw"), 5)
+    distributor._clock.advance(0)  # type: ignore[attr-defined]
+    pump.flush()
+    outcome(node.callRemote(JobsDone, reports=[done("j1")]), pump)
+    web, _, web_pump = connect(distributor)
+    hello(web, web_pump, "web", ("web", "webpw"))
+    answer = outcome(web.callRemote(GetOutcome, job_id="j1"), web_pump)
+    assert "not enqueued by this peer" in refusal(answer)
+    retried = outcome(web.callRemote(RetryJobs, job_ids=["j1"]), web_pump)
+    assert retried["retried"] == [] and retried["rejected"][0]["id"] == "j1"
+    mine = outcome(alice.callRemote(GetOutcome, job_id="j1"), alice_pump)
+    assert mine["outcome"]["args"] == {"forged": True}
+    ops, _, ops_pump = connect(distributor)
+    hello(ops, ops_pump, "ops", ("ops", "opspw"))
+    assert outcome(ops.callRemote(GetOutcome, job_id="j1"), ops_pump)["outcome"] is not None
