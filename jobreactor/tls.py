@@ -54,10 +54,9 @@ def server_options(
         ) from None
     trust = None
     if client_ca:
+        ca_pem = _read(client_ca, "CA")
         try:
-            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(_read(client_ca, "CA"))])
-        except ValueError:
-            raise
+            trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(ca_pem)])
         except Exception as error:
             raise ValueError(f"{PREFIX}: {client_ca}: not a PEM certificate ({error})") from None
     options: ssl.CertificateOptions = server.options()  # type: ignore[no-untyped-call]

@@ -512,6 +512,8 @@ BAD_INPUT = [
     ("distributor-config", ["jr-distributor", "--config", "c.toml"], {},
      {"c.toml": "[distributor]\nlisten = 5000\n"},
      "listen in [distributor] of c.toml: must be a non-empty string, not 5000"),
+    ("jr-tls-missing-cert", ["jr-distributor", "--listen", "jr-tls:5000:certificate=no.pem"],
+     {}, {}, "jr-tls: cannot read certificate no.pem: No such file or directory"),
     ("auth-missing-file", ["jr-distributor", "--auth", "file:users"], {}, {},
      "--auth: no credentials file 'users'"),
     ("auth-bad-line", ["jr-distributor"], {"JR_AUTH": "file:users"}, {"users": "alice\n"},
