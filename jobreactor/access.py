@@ -73,7 +73,7 @@ class Gate:
         self, session: Session, transport: Any, name: str, slots: int, credentials: Any
     ) -> Deferred[str | None]:
         """Check a ``Hello``; fire with the server signature to send back (None if none),
-        or fail with ``Unauthorized`` after logging one line naming the peer."""
+        or fail with ``Unauthorized`` (which the protocol answers and logs in one line)."""
         if self.authority is None:
             return succeed(None)
         challenge, session.challenge = session.challenge, None  # one Hello per nonce
@@ -109,12 +109,8 @@ class Gate:
         return logged_in.addCallback(logged).addErrback(refused)
 
     def _refuse(self, address: Any, name: str, reason: str) -> Deferred[str | None]:
-        log.warn(
-            "refused Hello from {address} as {name!r}: {reason}",
-            address=address,
-            name=name,
-            reason=reason,
-        )
+        # The protocol logs the refusal it answers as one warning line (with the peer's
+        # address); logging here too would make two.
         return fail(Unauthorized(reason))
 
     # -- after Hello ----------------------------------------------------------------------

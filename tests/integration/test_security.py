@@ -162,7 +162,7 @@ async def test_without_credentials_an_intruder_gets_nothing(
         assert "HelloFirst" in await refused(late.callRemote(CancelJobs, job_ids=["x"]))
     finally:
         await client.stopService()
-    assert log.read_text().count("refused Hello from") == 2, "one line per refused Hello"
+    assert log.read_text().count("refused (UNAUTHORIZED)") == 2, "one line per refused Hello"
 
 
 @pytest_twisted.ensureDeferred
@@ -285,7 +285,7 @@ async def test_a_wrong_password_is_refused_with_one_line_and_a_backoff(secured: 
     finally:
         await client.stopService()
     text = log.read_text()
-    attempts = text.count("refused Hello from")
+    attempts = text.count("refused (UNAUTHORIZED)")
     assert 1 <= attempts <= 6, f"{attempts} attempts in 3 s: the client must back off"
     assert text.count("wrong user name or password") == attempts
     assert "Traceback" not in text
