@@ -7,6 +7,7 @@ with ``JR.enqueue`` or ``Distributor.enqueue``.
 
 from jobreactor.client import Client, connect
 from jobreactor.config import Config
+from jobreactor.credentials import Authority, Peer, authority_from_string
 from jobreactor.definitions import JobRegistry, job, job_callback, job_errback, load_jobs_directory
 from jobreactor.distributor import Distributor, NodeInfo
 from jobreactor.errors import (
@@ -30,6 +31,7 @@ from jobreactor.runtime import JR, JobReactor
 __all__ = [
     "JR",
     "ArgsTooLargeError",
+    "Authority",
     "CancelJob",
     "Client",
     "Config",
@@ -48,8 +50,10 @@ __all__ = [
     "NodeInfo",
     "NotRunningError",
     "Outcome",
+    "Peer",
     "QueueFullError",
     "Status",
+    "authority_from_string",
     "connect",
     "current_node",
     "job",

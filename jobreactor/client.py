@@ -32,15 +32,14 @@ from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
 from jobreactor.limits import printable
+from jobreactor.login import Credentials, check_credentials, say_hello
 from jobreactor.model import Job, Report, Status
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
-    PROTOCOL_VERSION,
     BadMessage,
     CancelJobs,
     Enqueue,
     GetOutcome,
-    Hello,
     JobReactorAMP,
     Outcomes,
     QueueFull,
@@ -391,6 +390,7 @@ class Client(service.Service):
         reactor: Any = None,
         clock: IReactorTime | None = None,
         on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -410,6 +410,7 @@ class Client(service.Service):
         self._waiting_connect: list[Deferred[Client]] = []
         self.distributor_id: str | None = None
         self._refusals = 0
+        self.credentials = check_credentials(credentials)
 
     def startService(self) -> None:
         super().startService()
@@ -430,13 +431,13 @@ class Client(service.Service):
         return succeed(None)
 
     def _hello(self, protocol: Any) -> Deferred[Any]:
-        said: Deferred[Any] = protocol.callRemote(
-            Hello,
+        said = say_hello(
+            protocol,
             name=self.client_name,
             slots=0,
-            version=PROTOCOL_VERSION,
             held=[],
-            credentials=None,
+            credentials=self.credentials,
+            endpoint=self.endpoint,
         )
 
         def welcomed(answer: dict[str, Any]) -> None:
@@ -536,18 +537,25 @@ def connect(
     config: Config | None = None,
     reactor: Any = None,
     on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
+    credentials: Credentials | None = None,
 ) -> Client:
     """Start a :class:`Client` of the distributor at ``endpoint`` (``"tcp:host=H:port=P"``).
 
     Call in the reactor thread. Jobs enqueued before the connection is up wait in the
-    client; ``client.when_connected()`` fires once it is.
+    client; ``client.when_connected()`` fires once it is. ``credentials=(user, password)``
+    for a distributor started with ``--auth`` (docs/security.md).
     """
     if ":" not in endpoint:
         raise ValueError(
             f"a distributor address is an endpoint string like tcp:host=H:port=P, not {endpoint!r}"
         )
     client = Client(
-        endpoint, name=name, config=config, reactor=reactor, on_unknown_outcome=on_unknown_outcome
+        endpoint,
+        name=name,
+        config=config,
+        reactor=reactor,
+        on_unknown_outcome=on_unknown_outcome,
+        credentials=credentials,
     )
     client.startService()
     return client

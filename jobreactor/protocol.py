@@ -27,8 +27,9 @@ from jobreactor.limits import DEFAULT_LIMITS, Limits, TooManyItems, loads_bounde
 
 _log = Logger()
 
-#: Bumped when a change would confuse a peer of the previous version.
-PROTOCOL_VERSION = 1
+#: Bumped when a change would confuse a peer of the previous version (2: ``Challenge`` and
+#: credentials in ``Hello``).
+PROTOCOL_VERSION = 2
 
 #: AMP's limit for one value, in bytes.
 AMP_VALUE_LIMIT = 0xFFFF
@@ -83,6 +84,14 @@ class UnsupportedVersion(ProtocolError):
 class QueueFull(ProtocolError):
     """The distributor holds as many of this sender's (or everyone's) waiting jobs as its
     caps allow: hold further jobs and send them again later."""
+
+
+class Unauthorized(ProtocolError):
+    """The credentials were wrong or missing, or they do not allow this name, role or command."""
+
+
+class AuthNotEnabled(ProtocolError):
+    """``Challenge`` sent to a distributor that asks for no credentials."""
 
 
 class BadMessage(ProtocolError):
@@ -168,6 +177,7 @@ def _refuse_stray_pieces(key: str, strings: dict[bytes, bytes], found: int) -> N
 
 _COMMON_ERRORS: dict[type[Exception], bytes] = {
     HelloFirst: b"HELLO_FIRST",
+    Unauthorized: b"UNAUTHORIZED",
     BadMessage: b"BAD_MESSAGE",
 }
 
@@ -463,6 +473,10 @@ class JobReactorAMP(amp.AMP):
         super().connectionLost(reason)
 
     def locateResponder(self, name: bytes) -> Any:
+        if name == b"StartTLS":
+            # AMP's own StartTLS would let a peer switch the connection to TLS settings of
+            # its choosing (or none): jobreactor sets TLS up in the endpoint, never mid-stream.
+            return None
         responder = super().locateResponder(name)
         if responder is None:
             # AMP's own answer says "Unhandled Command: b'...'"; say it in the protocol's terms.
@@ -515,13 +529,34 @@ def describe_bad_arguments(command: type[amp.Command], box: amp.AmpBox, proto: A
     return f"the arguments of {command.commandName.decode('ascii')} are malformed"
 
 
+class Challenge(amp.Command):
+    """Peer to distributor, before ``Hello`` when it has credentials: give me a nonce.
+
+    The answer holds a fresh ``nonce``, and the ``salt`` (base64) and ``iterations`` the
+    user's key is derived with (``mechanism`` is ``SCRAM-SHA-256``); the peer then proves in
+    ``Hello`` that it knows the password without sending it (see :mod:`jobreactor.scram`).
+    A distributor that asks for no credentials answers ``AUTH_NOT_ENABLED``.
+    """
+
+    arguments = [(b"user", amp.Unicode())]
+    response = [
+        (b"mechanism", amp.Unicode()),
+        (b"nonce", amp.Unicode()),
+        (b"salt", amp.Unicode()),
+        (b"iterations", amp.Integer()),
+    ]
+    errors = {AuthNotEnabled: b"AUTH_NOT_ENABLED", **_COMMON_ERRORS}
+
+
 class Hello(amp.Command):
     """Node to distributor, first on every connection: who the node is and what it can take.
 
     ``held`` lists the ids of jobs from this distributor that the node already holds (after a
     reconnect or restart), so the distributor does not send them elsewhere.
-    ``credentials`` is reserved for authentication. The answer's ``drop`` lists the held jobs
-    the node must forget without running: they were given to another node meanwhile.
+    ``credentials`` answers the ``Challenge``: ``{"user", "client_nonce", "proof"}``; the
+    answer's ``server_signature`` then proves the distributor holds the user's keys too.
+    The answer's ``drop`` lists the held jobs the node must forget without running: they were
+    given to another node meanwhile.
     ``jobs`` (optional) maps each job name the node runs to ``{"rate_limit": "50/s" or
     null}``: the distributor routes jobs only to nodes that run their name.
     """
@@ -538,6 +573,7 @@ class Hello(amp.Command):
         (b"distributor_id", amp.Unicode()),
         (b"version", amp.Integer()),
         (b"drop", JSON()),
+        (b"server_signature", amp.Unicode(optional=True)),
     ]
     errors = {
         DuplicateNodeName: b"DUPLICATE_NODE_NAME",

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.client import Client, connect
 from jobreactor.config import Config
+from jobreactor.credentials import Authority, authority_from_string
 from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
@@ -197,6 +198,7 @@ class JobReactor:
         *,
         storage: str | Any = "memory",
         web: str | None = None,
+        auth: str | Authority | None = None,
     ) -> Deferred[Distributor]:
         """Start a distributor listening on ``host:port`` (or a server endpoint string).
 
@@ -204,15 +206,19 @@ class JobReactor:
         its id, the jobs it owns and their outcomes, so that a restart loses nothing it
         acknowledged; see docs/durability.md. ``web`` (a server endpoint string such as
         ``tcp:8080:interface=127.0.0.1``) also serves the live dashboard and ``/metrics``
-        there (see docs/dashboard.md); the dashboard is then ``JR.dashboard``. Call in the
-        reactor thread (``setup`` runs there). Fires once it listens (after reloading what
-        its storage held), and its dashboard too.
+        there (see docs/dashboard.md); the dashboard is then ``JR.dashboard``. ``auth``
+        (``"file:PATH"``, any twisted.cred checker string, or an :class:`Authority`) makes
+        the distributor ask every peer for credentials (docs/security.md); a bad one raises
+        ``ConfigError``. Call in the reactor thread (``setup`` runs there). Fires once it
+        listens (after reloading what its storage held), and its dashboard too.
         """
+        authority = authority_from_string(auth) if isinstance(auth, str) else auth
         distributor = Distributor(
             _listen_description(host_or_endpoint, port),
             config=self.config,
             storage=storage,
             reactor=self.reactor,
+            portal=authority,
         )
         distributor.startService()
         self.distributor = distributor
@@ -248,11 +254,12 @@ class JobReactor:
         storage: str | IJobStorage = "memory",
         jobs_directory: str | None = None,
         slots: int | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> Deferred[Node]:
         """Start a node that dials ``distributors``; fires once it is started.
 
         The jobs directory is loaded first: a broken jobs file raises here, naming the file,
-        the line and the error.
+        the line and the error. ``credentials=(user, password)`` for distributors that ask.
         """
         node = Node(
             name,
@@ -262,6 +269,7 @@ class JobReactor:
             slots=slots,
             config=self.config,
             reactor=self.reactor,
+            credentials=credentials,
         )
         node.startService()
         self.nodes_started.append(node)
@@ -381,6 +389,7 @@ class JobReactor:
         *,
         name: str | None = None,
         on_unknown_outcome: Callable[[dict[str, Any]], Any] | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> Deferred[Client]:
         """Use a standalone distributor (``twistd jr-distributor``) for ``JR.enqueue``.
 
@@ -388,6 +397,7 @@ class JobReactor:
         accepted this client. With a stable ``name`` a connection blip loses no outcome, and
         a restarted process receives the outcomes of its predecessor's jobs through
         ``on_unknown_outcome(report)`` (default: a fresh name per process).
+        ``credentials=(user, password)`` for a distributor that asks for them.
         """
         client = connect(
             endpoint,
@@ -395,6 +405,7 @@ class JobReactor:
             config=self.config,
             reactor=self.reactor,
             on_unknown_outcome=on_unknown_outcome,
+            credentials=credentials,
         )
         self.client = client
         self.reactor.addSystemEventTrigger("before", "shutdown", client.stopService)

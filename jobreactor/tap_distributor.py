@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from jobreactor.credentials import authority_from_string
 from jobreactor.distributor import Distributor
 from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
@@ -30,14 +31,14 @@ class Options(DaemonOptions):
     table = "distributor"
     command = "jr-distributor"
     synopsis = (
-        "[--listen ENDPOINT] [--storage URL] [--handlers DIR] [--web ENDPOINT] "
-        "[--config FILE] [--setting NAME=VALUE ...] [--log-format json|text]"
+        "[--listen ENDPOINT] [--auth CHECKER] [--storage URL] [--handlers DIR] "
+        "[--web ENDPOINT] [--config FILE] [--setting NAME=VALUE ...] [--log-format json|text]"
     )
     longdesc = (
         "Runs a standalone JobReactor distributor. Each option is taken from the command "
         "line, else from its environment variable (an empty one counts as unset), else from "
-        "the [distributor] table of the --config file (keys: listen, storage, handlers, "
-        "web, log_format), else from "
+        "the [distributor] table of the --config file (keys: listen, auth, storage, "
+        "handlers, web, log_format), else from "
         "its default. Config settings (node_grace_period, heartbeat_timeout, ...) come from "
         "--setting NAME=VALUE, else JR_SETTING_<NAME>, else the [settings] table."
     )
@@ -72,10 +73,18 @@ class Options(DaemonOptions):
             "tcp:8080:interface=127.0.0.1 (default: none; anyone reaching it can cancel jobs, "
             "so keep it on loopback). Env: JR_WEB.",
         ],
+        [
+            "auth",
+            None,
+            None,
+            "Ask every peer for credentials, checked by this twisted.cred checker string: "
+            "file:PATH (lines user:password[:roles[:names]]) or memory:USER:PASSWORD:... "
+            "(docs/security.md). Env: JR_AUTH.",
+        ],
     ]
 
     def table_keys(self) -> tuple[str, ...]:
-        return ("listen", "storage", "handlers", "web", "log_format")
+        return ("listen", "auth", "storage", "handlers", "web", "log_format")
 
     def postOptions(self) -> None:
         self.load_config_file()
@@ -108,6 +117,13 @@ class Options(DaemonOptions):
         if self["web"] is not None:
             check_server_endpoint(self["web"], web_source)
         self["config_object"] = config
+        auth, auth_source = self.pick("auth", "JR_AUTH", "auth", as_text)
+        self["authority"] = None
+        if auth is not None:
+            try:
+                self["authority"] = authority_from_string(auth)
+            except ConfigError as error:
+                raise usage.UsageError(f"{auth_source}: {error}") from None
 
 
 def check_server_endpoint(description: str, source: str) -> None:
@@ -173,6 +189,7 @@ def makeService(options: Options) -> service.IService:
             config=options["config_object"],
             storage=options["storage_object"],
             handlers=options["handlers_object"],
+            portal=options["authority"],
         ),
         web=options["web"],
     )

@@ -10,6 +10,7 @@ from twisted.application import service
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from jobreactor.credentials import read_credentials_file
 from jobreactor.definitions import load_jobs_directory
 from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
@@ -26,12 +27,14 @@ class Options(DaemonOptions):
     command = "jr-node"
     synopsis = (
         "--name NAME [--distributor ENDPOINT ...] [--jobs DIR] [--storage URL] [--slots N]"
-        " [--config FILE] [--setting NAME=VALUE ...] [--log-format json|text]"
+        " [--credentials-file PATH] [--config FILE] [--setting NAME=VALUE ...]"
+        " [--log-format json|text]"
     )
     longdesc = (
         "Runs a JobReactor node. Each option is taken from the command line, else from its "
         "environment variable (an empty one counts as unset), else from the [node] table of "
-        "the --config file (keys: name, jobs, storage, distributors, slots, log_format), "
+        "the --config file (keys: name, jobs, storage, distributors, slots, log_format, "
+        "credentials_file), "
         "else from its default. Config settings (max_attempt, heartbeat_timeout, ...) come "
         "from --setting NAME=VALUE, else JR_SETTING_<NAME>, else the [settings] table."
     )
@@ -83,6 +86,13 @@ class Options(DaemonOptions):
             "Run N node processes NAME-1..NAME-N under a process monitor that starts again "
             "each one that exits (default: this process is the node). Env: JR_PROCESSES.",
         ],
+        [
+            "credentials-file",
+            None,
+            None,
+            "File holding one line user:password, presented to distributors that ask for "
+            "credentials (docs/security.md). Env: JR_CREDENTIALS_FILE.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -111,6 +121,7 @@ class Options(DaemonOptions):
             "max_jobs",
             "max_memory",
             "processes",
+            "credentials_file",
         )
 
     def postOptions(self) -> None:
@@ -161,6 +172,15 @@ class Options(DaemonOptions):
                 f"for the SQLite file {storage.path!r}"
             )
         self["config_object"] = config
+        path, path_source = self.pick(
+            "credentials-file", "JR_CREDENTIALS_FILE", "credentials_file", as_text
+        )
+        self["credentials"] = None
+        if path is not None:
+            try:
+                self["credentials"] = read_credentials_file(path)
+            except ConfigError as error:
+                raise usage.UsageError(f"{path_source}: {error}") from None
 
 
 def as_endpoints(value: Any, source: str, typed: bool = False) -> list[str]:
@@ -235,6 +255,7 @@ def makeService(options: Options) -> service.IService:
         registry=options["registry"],
         slots=options["slots"],
         config=options["config_object"],
+        credentials=options["credentials"],
     )
     daemon = DaemonNode(node)
     if config.max_jobs or config.max_memory_mb:

@@ -128,6 +128,7 @@ class Dispatch:
             entry.node = link.name
             self._keep_node(entry)
             self.stats.sent(entry.job)
+            entry.sent_to.add(link.name)
             if entry.job.run_at is None or entry.job.run_at <= later:
                 link.load.add(entry.job.id)  # it will take one of the node's slots
         for batch in in_boxes(entries, lambda entry: entry.size):

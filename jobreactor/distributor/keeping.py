@@ -118,6 +118,9 @@ class Keeping:
         )
         entry.seq = int(record.get("seq", 0))
         restore_followers(entry, record)
+        # Where it went before the restart is not all written (assignments are group-
+        # committed): any node's report or held list still counts for it.
+        entry.sent_to_unknown = True
         self._owned[job.id] = entry
         self._admission.add(entry.origin, entry.size)
         return entry

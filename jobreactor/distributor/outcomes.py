@@ -53,11 +53,15 @@ class OutcomeDesk:
                     peer=link.protocol.describe_peer(),
                     error=printable(str(error), 300),
                 )
+        foreign: list[str] = []
         for report in reports:
             link.load.discard(report.job_id)
             entry = self._owned.get(report.job_id)
             if entry is None:
                 log.debug("ignoring a report for job {job_id}: not pending", job_id=report.job_id)
+                continue
+            if not entry.was_sent_to(link.name):
+                foreign.append(report.job_id)
                 continue
             if report.handed_back:
                 if entry.node == link.name:
@@ -67,6 +71,13 @@ class OutcomeDesk:
             applied = self._apply(entry, report)
             if applied and report.final and elsewhere not in (None, link.name):
                 self._cancel_on(elsewhere, entry.job.id)  # a late node finished it first
+        if foreign:
+            log.warn(
+                "refused {count} reports from node {node} for jobs never sent to it: {job_ids}",
+                count=len(foreign),
+                node=link.name,
+                job_ids=", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
+            )
         self._schedule_dispatch()
 
     def _cancel_on(self: Distributor, node: str | None, job_id: str) -> None:
@@ -130,15 +141,16 @@ class OutcomeDesk:
 
     def _fire(self: Distributor, entry: _Entry, report: Report) -> None:
         if entry.origin is not None:
-            self._forward(entry.origin, report)
+            self._forward(entry.origin, report, entry.owner)
         else:
             fire_feedback(entry.job, report, entry.success, entry.error)
         if entry.followers:
             self._fire_followers(entry, report)
 
-    def _forward(self: Distributor, origin: str, report: Report) -> None:
+    def _forward(self: Distributor, origin: str, report: Report, owner: str | None = None) -> None:
         outbox = self._outboxes.setdefault(origin, _Outbox())
         outbox.reports.append(report)
+        outbox.owners[report.job_id] = owner
         if origin not in self._links:
             size = _report_size(report)
             outbox.kept_bytes += size
@@ -216,7 +228,19 @@ class OutcomeDesk:
         outbox.flush_call = None
         if link is None or not outbox.reports:
             return
-        reports, outbox.reports = outbox.reports, []
+        session = link.protocol.session
+        waiting, outbox.reports = outbox.reports, []
+        reports: list[Report] = []
+        for report in waiting:
+            owned = self.gate.may_collect(session, outbox.owners.get(report.job_id))
+            (reports if owned else outbox.reports).append(report)
+        if outbox.reports:
+            log.warn(
+                "keeping {count} outcomes for {name}: user {user} did not enqueue those jobs",
+                count=len(outbox.reports),
+                name=origin,
+                user=session.user,
+            )
         put_back = [0]  # boxes fail in the order they were sent: keep that order
         for box in in_boxes(reports, _report_size):
             self._send_outcomes(origin, link, outbox, box, put_back)
@@ -233,6 +257,14 @@ class OutcomeDesk:
         outbox.sending |= finals
         sent = self._call(link, Outcomes, reports=[report.to_wire() for report in box])
         sent.addBoth(_answered, outbox, finals)
+        owners = {report.job_id: outbox.owners.get(report.job_id) for report in box}
+
+        def delivered(_: Any) -> None:
+            kept = self._outboxes.get(origin)
+            still_kept = {report.job_id for report in kept.reports} if kept else set()
+            for report in box:
+                if kept is not None and report.job_id not in still_kept:
+                    kept.owners.pop(report.job_id, None)
 
         def failed(failure: Failure) -> None:
             if failure.check(NotEncodable):
@@ -252,13 +284,18 @@ class OutcomeDesk:
             kept = self._outboxes.setdefault(origin, _Outbox())
             at = put_back[0]
             kept.reports[at:at] = box
+            kept.owners.update(owners)
             put_back[0] += len(box)
             self._recount_kept(origin)
             if failure.check(internet_error.ConnectionClosed, internet_error.ConnectionLost):
                 return
             self._retry_outbox(origin, kept, failure)
 
-        sent.addCallbacks(self._outcomes_taken, failed, callbackArgs=(origin, box))
+        def taken(answer: Any) -> None:
+            self._outcomes_taken(answer, origin, box)
+            delivered(answer)
+
+        sent.addCallbacks(taken, failed)
         sent.addErrback(log_failure, "handling the answer to Outcomes")
 
     def _outcomes_taken(self: Distributor, answer: Any, origin: str, box: list[Report]) -> None:

@@ -55,6 +55,16 @@ class _Entry:
     seq: int = -1
     #: Later enqueuers of the same ``unique_key`` (see :mod:`.unique`).
     followers: list[Any] = attrs.Factory(list)
+    #: The authenticated user that enqueued it (None: this process, or no authentication).
+    owner: str | None = None
+    #: Every node it was sent to: only their reports and ``held`` lists count for it.
+    sent_to: set[str] = attrs.Factory(set)
+    #: Reloaded by a restart, which does not know every node it was sent to: any node may
+    #: still report it or keep it through ``held`` (rather than run it twice).
+    sent_to_unknown: bool = False
+
+    def was_sent_to(self, node: str) -> bool:
+        return self.sent_to_unknown or node == self.node or node in self.sent_to
 
 
 @attrs.frozen
@@ -108,6 +118,9 @@ class _Outbox:
     kept_bytes: int = 0
     #: Seconds before the next offer after the peer answered Outcomes with an error.
     retry_delay: float = 0.0
+    #: Job id -> the user that enqueued it: only a connection of that user collects its
+    #: reports (None: no authentication). Entries go once their reports were delivered.
+    owners: dict[str, str | None] = attrs.Factory(dict)
 
 
 def _priority(entry: _Entry) -> int:

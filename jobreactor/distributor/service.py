@@ -15,13 +15,16 @@ from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from jobreactor.access import Gate, Session, is_open_to_others
 from jobreactor.config import Config
+from jobreactor.credentials import Authority, certificate_authority
 from jobreactor.distributor.admission import Admission
 from jobreactor.distributor.dependencies import Blocked, Dependencies
 from jobreactor.distributor.dispatch import Dispatch
@@ -54,6 +57,7 @@ from jobreactor.ratelimit import Pacer
 from jobreactor.results import HandlerRegistry, default_handlers
 from jobreactor.stats import ClusterStats
 from jobreactor.storage.ledger import open_ledger
+from jobreactor.tls import requires_client_certificates
 from jobreactor.waiting import WaitingLine
 
 
@@ -73,6 +77,13 @@ class Distributor(
     ``listen=None`` opens no port: nodes are then joined in memory (see
     :mod:`jobreactor.testing`).
 
+    ``portal`` (a twisted.cred ``Portal`` giving :class:`~jobreactor.credentials.IPeer`
+    avatars, or an :class:`~jobreactor.credentials.Authority`, e.g. from
+    ``authority_from_string("file:PATH")``) makes every peer log in first.
+    ``client_certificates=True`` takes the common name of a peer's TLS certificate as its
+    user: set it only when the endpoint verifies client certificates (``jr-tls:`` with
+    ``clientCA`` does, and sets it by default). See docs/security.md.
+
     Call its methods in the reactor thread; :data:`jobreactor.JR` does the thread hop for
     applications that run the reactor in a background thread. Feedbacks run in the reactor
     thread too.
@@ -87,12 +98,21 @@ class Distributor(
         handlers: HandlerRegistry | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
+        portal: Portal | Authority | None = None,
+        client_certificates: bool | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self.listen = listen
+        if client_certificates is None:
+            client_certificates = requires_client_certificates(listen)
+        authority = Authority(portal) if isinstance(portal, Portal) else portal
+        if authority is None and client_certificates:
+            authority = certificate_authority()
+        #: Who may connect and what each connection may do (:mod:`jobreactor.access`).
+        self.gate = Gate(authority, client_certificates)
         self.config = config if config is not None else Config()
         #: Kept in storage: a restarted distributor with storage is the same distributor.
         self.id: str = str(uuid.uuid4())
@@ -157,6 +177,14 @@ class Distributor(
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self._port = port
         log.info("distributor {id} listening on {address}", id=self.id, address=port.getHost())
+        if not self.gate.required and is_open_to_others(port.getHost()):
+            log.warn(
+                "distributor {id} listens on {address} without authentication: anyone who "
+                "can reach the port can enqueue, cancel and take jobs (use --auth or "
+                "auth=, see docs/security.md)",
+                id=self.id,
+                address=port.getHost(),
+            )
         return port
 
     def when_listening(self) -> Deferred[Distributor]:
@@ -303,9 +331,11 @@ class Distributor(
         entry.cancel_requested = True  # also honoured if the node is away right now
         self._cancel_on(entry.node, entry.job.id)
 
-    def _remote_enqueue(self, link: _NodeLink, raw_jobs: Any) -> Deferred[dict[str, Any]]:
+    def _remote_enqueue(
+        self, link: _NodeLink, raw_jobs: Any, owner: str | None = None
+    ) -> Deferred[dict[str, Any]]:
         """Own the jobs a peer sent; answer once they are written (nothing is acknowledged
-        before it would survive a restart)."""
+        before it would survive a restart). ``owner``: the user that sent them."""
         if not isinstance(raw_jobs, list):
             raise BadMessage("jobs must be a list of job objects")
         accepted: list[str] = []
@@ -326,7 +356,9 @@ class Distributor(
                 continue
             entry = self._owned.get(job.id)
             if entry is not None:
-                if entry.origin == link.name or self._follows(entry, link.name):
+                if (entry.origin == link.name and entry.owner == owner) or self._follows(
+                    entry, link.name
+                ):
                     accepted.append(job.id)  # resent after a reconnect: already ours
                 else:
                     rejected.append({"id": job.id, "error": f"job id {job.id} is taken"})
@@ -354,6 +386,8 @@ class Distributor(
             handle = self.submit(job, origin=link.name)
             if handle.id != job.id:  # a unique key's existing job: the sender follows it
                 merged[job.id] = handle.id
+            if handle.id == job.id:
+                self._owned[job.id].owner = owner
             accepted.append(job.id)
         if full is not None:
             self._admission.pause(link.name, link.protocol)
@@ -370,13 +404,25 @@ class Distributor(
             return set()
         return {report.job_id for report in outbox.reports} | outbox.sending
 
-    def _cancel_ids(self, job_ids: list[str]) -> list[str]:
+    def _cancel_ids(
+        self, job_ids: list[str], session: Session | None = None, peer: str = ""
+    ) -> list[str]:
         cancelled = []
         for job_id in job_ids:
             entry = self._owned.get(job_id)
-            if entry is not None:
-                cancelled.append(job_id)
-                self.cancel(entry.handle)
+            if entry is None:
+                continue
+            if session is not None and not self.gate.may_cancel(session, entry.owner):
+                log.warn(
+                    "refused to cancel job {job_id} for {peer} (user {user}): "
+                    "another user enqueued it",
+                    job_id=job_id,
+                    peer=peer,
+                    user=session.user,
+                )
+                continue
+            cancelled.append(job_id)
+            self.cancel(entry.handle)
         return cancelled
 
     async def _write_last(self) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from jobreactor.access import BEFORE_HELLO, Session
 from jobreactor.distributor.records import (
     FUTURE_MARGIN,
     NodeInfo,
@@ -30,6 +31,7 @@ from jobreactor.protocol import (
     PROTOCOL_VERSION,
     BadMessage,
     CancelJobs,
+    Challenge,
     DuplicateNodeName,
     Enqueue,
     GetOutcome,
@@ -40,6 +42,7 @@ from jobreactor.protocol import (
     Leaving,
     ProtocolError,
     RetryJobs,
+    Unauthorized,
     UnsupportedVersion,
 )
 from jobreactor.results import Outcome
@@ -60,6 +63,9 @@ class DistributorProtocol(JobReactorAMP):
         #: When the peer last sent a command other than Heartbeat (the idle timeout).
         self.last_command = 0.0
         self.idle_timer: IDelayedCall | None = None
+        #: Who the peer proved to be (see :mod:`jobreactor.access`).
+        self.session = Session()
+        self.lost = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -87,16 +93,49 @@ class DistributorProtocol(JobReactorAMP):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def locateResponder(self, name: bytes) -> Any:
+        if self.link is None and name not in BEFORE_HELLO and name != b"StartTLS":
+            # Nothing but the authentication exchange is answered before Hello.
+            def refuse(box: Any) -> Deferred[Any]:
+                command = name.decode("ascii", "replace")
+                return fail(amp.RemoteAmpError(b"HELLO_FIRST", f"send Hello before {command}"))
+
+            return refuse
+        return super().locateResponder(name)
+
+    @Challenge.responder
+    def challenge(self, user: str) -> dict[str, Any]:
+        return self.distributor.gate.challenge(self.session, user)
+
     @Hello.responder
     def hello(
         self, name: str, slots: int, version: int, held: Any, credentials: Any, jobs: Any = None
-    ) -> dict[str, Any]:
+    ) -> Deferred[dict[str, Any]]:
         try:
-            return self.distributor._hello(self, name, slots, version, held, jobs)
+            self.distributor._check_version(version)  # an old peer learns this first
         except ProtocolError:
             if self.link is None:
                 self._close_after_answer()
             raise
+        gate = self.distributor.gate
+        admitted = gate.admit(self.session, self.transport, name, slots, credentials)
+
+        def welcome(signature: str | None) -> dict[str, Any]:
+            if self.lost:
+                raise Unauthorized("the connection was lost during the login")
+            answer = self.distributor._hello(self, name, slots, version, held, jobs)
+            if signature is not None:
+                answer["server_signature"] = signature
+            return answer
+
+        def refused(failure: Failure) -> Failure:
+            # A refused Hello ends the connection (protocol.md §3.3): one login attempt per
+            # connection, so a password guesser must reconnect for each.
+            if failure.check(ProtocolError, Unauthorized) and self.link is None:
+                self._close_after_answer()
+            return failure
+
+        return admitted.addCallback(welcome).addErrback(refused)
 
     def bad_arguments(self, command: type[amp.Command]) -> None:
         if command is Hello and self.link is None:
@@ -112,7 +151,8 @@ class DistributorProtocol(JobReactorAMP):
     def enqueue(self, jobs: Any) -> Deferred[dict[str, Any]]:
         if self.link is None:
             raise HelloFirst("send Hello before Enqueue")
-        return self.distributor._remote_enqueue(self.link, jobs)
+        self.distributor.gate.check_enqueue(self.session)
+        return self.distributor._remote_enqueue(self.link, jobs, self.session.user)
 
     @CancelJobs.responder
     def cancel_jobs(self, job_ids: Any) -> dict[str, Any]:
@@ -120,7 +160,7 @@ class DistributorProtocol(JobReactorAMP):
             raise HelloFirst("send Hello before CancelJobs")
         if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
             raise BadMessage("job_ids must be a list of job ids")
-        return {"cancelled": self.distributor._cancel_ids(job_ids)}
+        return {"cancelled": self.distributor._cancel_ids(job_ids, self.session, self.link.name)}
 
     @GetOutcome.responder
     def get_outcome(self, job_id: str) -> Deferred[dict[str, Any]]:
@@ -130,6 +170,8 @@ class DistributorProtocol(JobReactorAMP):
         def answer(outcome: Outcome | None) -> dict[str, Any]:
             if outcome is None:
                 return {"outcome": None}
+            if not self._may_see(outcome):
+                raise Unauthorized(f"job {job_id} was not enqueued by this peer")
             data = outcome.to_json()
             data.pop("job", None)
             data.pop("origin", None)
@@ -143,7 +185,26 @@ class DistributorProtocol(JobReactorAMP):
             raise HelloFirst("send Hello before RetryJobs")
         if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
             raise BadMessage("job_ids must be a list of job ids")
-        return Deferred.fromCoroutine(self.distributor._retry_ids(job_ids))
+        return Deferred.fromCoroutine(self._retry_own(job_ids))
+
+    def _may_see(self, outcome: Outcome) -> bool:
+        """With authentication, a stored outcome is this peer's if a peer of its name
+        enqueued the job (names are bound to users), or if the peer is an admin."""
+        assert self.link is not None
+        return self.distributor.gate.may_see(self.session, outcome.origin, self.link.name)
+
+    async def _retry_own(self, job_ids: list[str]) -> dict[str, Any]:
+        mine: list[str] = []
+        refused: list[dict[str, Any]] = []
+        for job_id in job_ids:
+            outcome = await self.distributor.outcome(job_id) if self.session.peer else None
+            if outcome is not None and not self._may_see(outcome):
+                refused.append({"id": job_id, "error": "not enqueued by this peer"})
+            else:
+                mine.append(job_id)
+        answer = await self.distributor._retry_ids(mine)
+        answer["rejected"] += refused
+        return answer
 
     @Leaving.responder
     def leaving(self) -> dict[str, Any]:
@@ -165,6 +226,7 @@ class DistributorProtocol(JobReactorAMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        self.lost = True
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         self._hello_timer = None
@@ -222,6 +284,14 @@ class Sessions:
             if link.slots > 0
         ]
 
+    @staticmethod
+    def _check_version(version: int) -> None:
+        if version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(
+                f"this distributor speaks protocol version {PROTOCOL_VERSION}, not {version}: "
+                "run the same jobreactor version on both sides"
+            )
+
     def _hello(
         self: Distributor,
         protocol: DistributorProtocol,
@@ -232,10 +302,7 @@ class Sessions:
         jobs: Any = None,
     ) -> dict[str, Any]:
         job_names = read_hello_jobs(jobs)
-        if version != PROTOCOL_VERSION:
-            raise UnsupportedVersion(
-                f"this distributor speaks protocol version {PROTOCOL_VERSION}, not {version}"
-            )
+        self._check_version(version)
         if protocol.link is not None:
             raise BadMessage("Hello was already sent on this connection")
         if not name or slots < 0:
@@ -271,8 +338,14 @@ class Sessions:
         drop = []
         for job_id in held_ids:
             entry = self._owned.get(job_id)
-            if entry is None or (entry.node is not None and entry.node != name):
+            if (
+                entry is None
+                or entry.node not in (None, name)
+                # waiting here, and never sent to this node: not this node's to keep
+                or (entry.node is None and not entry.was_sent_to(name))
+            ):
                 drop.append(job_id)
+                entry = None
             elif entry.node is None:
                 self._unqueue(entry)
                 entry.node = name

@@ -22,12 +22,11 @@ from twisted.python.failure import Failure
 
 from jobreactor.client import Submitter
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
+from jobreactor.login import say_hello
 from jobreactor.model import Job, Report, encode_args
 from jobreactor.protocol import (
-    PROTOCOL_VERSION,
     BadMessage,
     CancelJobs,
-    Hello,
     JobReactorAMP,
     JobsDone,
     Outcomes,
@@ -232,13 +231,13 @@ class Links:
         held += self._stored_for(link)
         held += [report.job_id for report in link.outbox if report.job_id not in self._jobs]
         held = list(dict.fromkeys(held))  # a job with reports waiting is listed once
-        said: Deferred[Any] = protocol.callRemote(
-            Hello,
-            name=self.name,
+        said = say_hello(
+            protocol,
+            name=self.node_name,
             slots=self.slots,
-            version=PROTOCOL_VERSION,
             held=held,
-            credentials=None,
+            credentials=self.credentials,
+            endpoint=link.endpoint,
             jobs=self._job_names(),
         )
 

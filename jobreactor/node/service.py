@@ -31,6 +31,7 @@ from jobreactor.definitions import JobRegistry, load_jobs_directory
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import NotRunningError
 from jobreactor.handle import JobHandle
+from jobreactor.login import Credentials, check_credentials
 from jobreactor.model import Job, Status
 from jobreactor.node.context import _started_nodes
 from jobreactor.node.lease import StorageLease
@@ -85,6 +86,7 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
         config: Config | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -93,6 +95,8 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
             reactor = global_reactor
         if not isinstance(name, str) or not name:
             raise ValueError(f"a node needs a non-empty name, not {name!r}")
+        #: ``(user, password)`` for distributors that ask for credentials.
+        self.credentials = check_credentials(credentials)
         self.name = name
         self.node_name: str = name  # Service.name is typed Optional; storage wants a str
         self.config = config if config is not None else Config()

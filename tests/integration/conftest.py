@@ -136,11 +136,15 @@ class NodeProcesses:
     def log_path(self, name: str) -> Path:
         return self.tmp_path / f"{name}.log"
 
-    def start(self, name: str, port: int, *extra: str, slots: int = 10) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, port: int, *extra: str, slots: int = 10, endpoint: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``endpoint`` replaces the plain TCP address of ``port`` (for TLS, say)."""
+        endpoint = endpoint or f"tcp:host=127.0.0.1:port={port}"
         command = [
             TWISTD, "-n", "--pidfile=", f"--logfile={self.log_path(name)}",
             "jr-node", "--name", name, "--jobs", str(self.jobs_dir), "--slots", str(slots),
-            "--distributor", f"tcp:host=127.0.0.1:port={port}", *extra,
+            "--distributor", endpoint, *extra,
         ]  # fmt: skip
         process = subprocess.Popen(command, cwd=self.tmp_path, env=node_env())
         self.processes[f"{name}-{process.pid}"] = process

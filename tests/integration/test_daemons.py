@@ -50,7 +50,9 @@ def always_fails(args):
     raise ValueError("always")
 """
 
-NODE_OPTIONS = ["name", "jobs", "storage", "distributor", "slots", "config", "log-format"]
+NODE_OPTIONS = [
+    "name", "jobs", "storage", "distributor", "slots", "credentials-file", "config", "log-format",
+]  # fmt: skip
 
 
 def clean_env(**variables: str) -> dict[str, str]:
@@ -178,6 +180,7 @@ def test_node_help_documents_every_option() -> None:
         "JR_CONFIG",
         "JR_LOG_FORMAT",
         "JR_SETTING_",
+        "JR_CREDENTIALS_FILE",
     ):
         assert variable in result.stdout, variable
     text = " ".join(result.stdout.split())
@@ -194,9 +197,16 @@ def test_distributor_help_documents_every_option() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    for option in ("listen", "web", "config", "log-format", "setting"):
+    for option in ("listen", "auth", "web", "config", "log-format", "setting"):
         assert f"--{option}=" in result.stdout, option
-    for variable in ("JR_LISTEN", "JR_WEB", "JR_CONFIG", "JR_LOG_FORMAT", "JR_SETTING_"):
+    for variable in (
+        "JR_LISTEN",
+        "JR_AUTH",
+        "JR_WEB",
+        "JR_CONFIG",
+        "JR_LOG_FORMAT",
+        "JR_SETTING_",
+    ):
         assert variable in result.stdout, variable
 
 
@@ -502,6 +512,15 @@ BAD_INPUT = [
     ("distributor-config", ["jr-distributor", "--config", "c.toml"], {},
      {"c.toml": "[distributor]\nlisten = 5000\n"},
      "listen in [distributor] of c.toml: must be a non-empty string, not 5000"),
+    ("jr-tls-missing-cert", ["jr-distributor", "--listen", "jr-tls:5000:certificate=no.pem"],
+     {}, {}, "jr-tls: cannot read certificate no.pem: No such file or directory"),
+    ("auth-missing-file", ["jr-distributor", "--auth", "file:users"], {}, {},
+     "--auth: no credentials file 'users'"),
+    ("auth-bad-line", ["jr-distributor"], {"JR_AUTH": "file:users"}, {"users": "alice\n"},
+     "JR_AUTH: users line 1: expected user:password[:roles[:names]]"),
+    ("credentials-bad-file", ["jr-node", *GOOD_NODE], {"JR_CREDENTIALS_FILE": "creds"},
+     {"creds": "no-password\n"},
+     "JR_CREDENTIALS_FILE: credentials file creds: expected one line user:password"),
 ]  # fmt: skip
 
 

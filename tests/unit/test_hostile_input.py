@@ -277,8 +277,10 @@ def test_8_failing_commands_without_ask_and_long_errors_log_one_short_warning(
     unknown = answer(peer.callRemoteString(long_name), cluster)
     assert isinstance(unknown, Failure)
     assert len(unknown.getErrorMessage()) < 1000
-    # An id AMP cannot echo back (NaN) is refused as a bad message, not an UNKNOWN error.
-    nan_id = answer(peer.callRemoteString(b"Enqueue", jobs=b'[{"id":NaN}]'), cluster)
+    # An id AMP cannot echo back (NaN) is refused as a bad message, not an UNKNOWN error
+    # (from a peer that said Hello: before it, all but the login is HELLO_FIRST, unparsed).
+    greeted, _ = hostile(cluster, hello=True)
+    nan_id = answer(greeted.callRemoteString(b"Enqueue", jobs=b'[{"id":NaN}]'), cluster)
     assert isinstance(nan_id, Failure) and "NaN" in nan_id.getErrorMessage()
     cluster.run()
     assert not pump.serverIO.disconnected
