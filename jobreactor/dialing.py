@@ -197,7 +197,7 @@ class DialReport:
         """The distributor accepted our Hello: say so if we had been failing."""
         if self.last_reason is not None:
             log.info(
-                "{who} reached the distributor at {where} after {failures} failed attempts",
+                "{who} reached the distributor at {where} after {failures} failed attempt(s)",
                 who=self.who,
                 where=self.where,
                 failures=self.failures,

@@ -1,0 +1,182 @@
+"""The first hour of a new user: the README's snippets as printed, and the mistakes made
+while trying them, each answered in one line."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, node_env
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+FENCE = re.compile(r"^```(?P<lang>\w*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def run_script(
+    tmp_path: Path, source: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_script_that_ends_before_its_jobs_says_which_on_stderr(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_script(
+        tmp_path,
+        f"""
+        from jobreactor import JR
+
+        JR.run(lambda: JR.start_distributor("127.0.0.1", {port}))
+        JR.wait_ready(timeout=5)
+        JR.enqueue("my_job", {{"arg1": "Hello"}}, success=print)
+        JR.enqueue("my_job", {{"arg1": "again"}})
+        JR.enqueue("report", {{}})
+        """,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "jobreactor: exiting with 3 jobs unfinished (my_job x2, report); 3 never reached a node "
+        "(is one running?); their feedbacks will not run. Wait for them before exiting, e.g. "
+        "handle.result(timeout=60)."
+    )
+
+
+def test_wait_ready_on_an_unreachable_distributor_says_where_and_why(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_script(
+        tmp_path,
+        f"""
+        from jobreactor import JR
+
+        JR.run(lambda: JR.connect("tcp:host=127.0.0.1:port={port}", name="app-1"))
+        try:
+            JR.wait_ready(timeout=1)
+        except TimeoutError as error:
+            print(error)
+        """,
+    )
+
+    assert result.stdout == (
+        f"JobReactor was not ready within 1 s: client app-1 cannot reach the distributor at "
+        f"127.0.0.1:{port}: connection refused (is the distributor running and listening "
+        "there?)\n"
+    )
+    assert "Scheduling retry" not in result.stderr
+
+
+def test_jr_connect_to_host_and_port_gets_the_endpoint_string_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        from jobreactor import JR
+
+        JR.run(lambda: JR.connect("localhost:5000"))
+        try:
+            JR.wait_ready(timeout=5)
+        except ValueError as error:
+            print(error)
+        """,
+    )
+
+    hint = (
+        "'localhost:5000' is a host and port, not a client endpoint string; "
+        "write tcp:host=localhost:port=5000"
+    )
+    assert result.stdout == hint + "\n"
+    assert f"JobReactor setup failed: {hint}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_node_given_a_url_for_its_distributor_refuses_to_start_with_the_hint(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "reactor_jobs").mkdir()
+    result = subprocess.run(
+        [str(BIN / "twist"), "jr-node", "--name", "w1", "--distributor", "tcp://localhost:5000"],
+        cwd=tmp_path,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode != 0
+    assert (
+        "--distributor: 'tcp://localhost:5000' is a URL, not a client endpoint string; "
+        "write tcp:host=localhost:port=5000"
+    ) in result.stderr + result.stdout
+
+
+def readme_blocks() -> dict[str, str]:
+    """The README's first python blocks (the jobs file, the application) and its node command."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = [(m["lang"], m["body"]) for m in FENCE.finditer(text)]
+    python = [body for lang, body in found if lang == "python"]
+    shell = [body for lang, body in found if lang == "sh"]
+    return {"jobs": python[0], "app": python[1], "node": shell[0]}
+
+
+def test_the_readme_snippets_work_as_pasted(tmp_path: Path) -> None:
+    """Run the README's three snippets as printed: the first line of the jobs snippet names
+    its file, the second snippet is ``app.py``, the command starts the node.
+
+    Only the port changes (5000 may be taken on a shared machine), and the test checks that
+    it occurs in the snippets, so they cannot drift apart.
+    """
+    blocks = readme_blocks()
+    jobs_file = blocks["jobs"].splitlines()[0].removeprefix("# ").split()[0]
+    assert jobs_file == "reactor_jobs/my_jobs.py"
+    port = str(free_port())
+    for name in ("app", "node"):
+        assert blocks[name].count("5000") == 1, f"the {name} snippet should name port 5000 once"
+    (tmp_path / "reactor_jobs").mkdir()
+    (tmp_path / jobs_file).write_text(blocks["jobs"])
+    (tmp_path / "app.py").write_text(blocks["app"].replace("5000", port))
+    command = blocks["node"].strip().replace("5000", port)
+    assert command.startswith("twist jr-node ")
+    env = node_env()
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    with (tmp_path / "node.log").open("w") as log:
+        node = subprocess.Popen(command, shell=True, cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        app = subprocess.run(
+            [sys.executable, "app.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        node.kill()
+        node.wait(timeout=10)
+
+    assert app.returncode == 0, app.stderr + (tmp_path / "node.log").read_text()
+    assert app.stdout == "{'arg1': 'Hello', 'result': 'Yay!'}\n"
+    assert "unfinished" not in app.stderr
