@@ -1,9 +1,10 @@
 """setuptools' build backend, building in a temporary directory instead of ``build/``.
 
 ``pip install /path/to/clone`` builds in the source tree, and setuptools leaves ``build/``
-there; a stale ``build/lib`` (say, a module since deleted) can then end up in the next wheel.
-This backend hands setuptools an extra config (``DIST_EXTRA_CONFIG``) that points ``build``
-at a temporary directory, removed when the build is over. Everything else is setuptools'.
+(and ``*.egg-info``) there; a stale ``build/lib`` (say, a module since deleted) can then end
+up in the next wheel. Each hook here hands setuptools an extra config (``DIST_EXTRA_CONFIG``)
+that points ``build`` and ``egg_info`` at a temporary directory, removed when the hook
+returns. Everything else is setuptools' own.
 """
 
 from __future__ import annotations
@@ -15,13 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from setuptools import build_meta
-from setuptools.build_meta import (  # noqa: F401 - the hooks this backend does not change
-    get_requires_for_build_editable,
-    get_requires_for_build_sdist,
-    get_requires_for_build_wheel,
-    prepare_metadata_for_build_editable,
-    prepare_metadata_for_build_wheel,
-)
 
 
 @contextlib.contextmanager
@@ -58,9 +52,7 @@ def build_editable(
     metadata_directory: str | None = None,
 ) -> str:
     with _building_elsewhere():
-        name: str = build_meta.build_editable(
-            wheel_directory, config_settings, metadata_directory
-        )
+        name: str = build_meta.build_editable(wheel_directory, config_settings, metadata_directory)
     return name
 
 
@@ -68,3 +60,20 @@ def build_sdist(sdist_directory: str, config_settings: dict[str, Any] | None = N
     with _building_elsewhere():
         name: str = build_meta.build_sdist(sdist_directory, config_settings)
     return name
+
+
+def _elsewhere(hook: Any) -> Any:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with _building_elsewhere():
+            return hook(*args, **kwargs)
+
+    wrapped.__name__ = hook.__name__
+    wrapped.__doc__ = hook.__doc__
+    return wrapped
+
+
+get_requires_for_build_wheel = _elsewhere(build_meta.get_requires_for_build_wheel)
+get_requires_for_build_sdist = _elsewhere(build_meta.get_requires_for_build_sdist)
+get_requires_for_build_editable = _elsewhere(build_meta.get_requires_for_build_editable)
+prepare_metadata_for_build_wheel = _elsewhere(build_meta.prepare_metadata_for_build_wheel)
+prepare_metadata_for_build_editable = _elsewhere(build_meta.prepare_metadata_for_build_editable)
