@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.application.internet import ClientService
@@ -26,7 +26,7 @@ from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -236,7 +236,8 @@ def _without_retry_lines(event: dict[str, Any]) -> None:
 
 class _ReportingClientService(ClientService):
     _log = Logger(
-        namespace="twisted.application.internet.ClientService", observer=_without_retry_lines
+        namespace="twisted.application.internet.ClientService",
+        observer=cast(ILogObserver, _without_retry_lines),
     )
 
 

@@ -11,8 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
-from tests.integration.conftest import ROOT, node_env
+from jobreactor import Distributor
+from .conftest import ROOT, NodeProcesses, node_env
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +184,37 @@ def test_the_readme_snippets_work_as_pasted(tmp_path: Path) -> None:
     assert app.returncode == 0, app.stderr + (tmp_path / "node.log").read_text()
     assert app.stdout == "{'arg1': 'Hello', 'result': 'Yay!'}\n"
     assert "unfinished" not in app.stderr
+
+
+async def log_shows(nodes: NodeProcesses, name: str, text: str, seconds: float = 20) -> str:
+    for _ in range(int(seconds / 0.05)):
+        log = nodes.log(name)
+        if text in log:
+            return log
+        await deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"{text!r} not in the log of {name}:\n{nodes.log(name)}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_says_once_where_it_dials_and_why_it_fails_then_that_it_got_through(
+    nodes: NodeProcesses,
+) -> None:
+    port = free_port()
+    nodes.start("w1", port)
+    refused = (
+        f"node w1 cannot reach the distributor at 127.0.0.1:{port}: connection refused "
+        "(is the distributor running and listening there?); retrying (said again only if this "
+        "changes)"
+    )
+    await log_shows(nodes, "w1", refused)
+    await deferLater(reactor, 1.0, lambda: None)  # a few more attempts (0.2 s, 0.4 s, ...)
+
+    distributor = Distributor(f"tcp:{port}:interface=127.0.0.1", reactor=reactor)
+    distributor.startService()
+    try:
+        await distributor.when_nodes(1, ["w1"]).addTimeout(20, reactor)
+        log = await log_shows(nodes, "w1", f"node w1 reached the distributor at 127.0.0.1:{port}")
+    finally:
+        await distributor.stopService()
+    assert log.count("cannot reach the distributor") == 1, log
+    assert "Scheduling retry" not in log

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import error as internet_error
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    capturedLogs,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 
 from jobreactor.client import Client, connect
@@ -87,8 +95,8 @@ def test_failure_reasons_are_a_few_plain_words() -> None:
     assert failure_reason(Failure(internet_error.DNSLookupError("x"))) == "host name not found"
 
 
-def warnings(events: list[dict[str, object]]) -> list[str]:
-    return [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+def warnings(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [formatEvent(dict(e)) for e in events if e["log_level"] == LogLevel.warn]
 
 
 def test_a_report_warns_once_per_change_of_reason_not_per_retry() -> None:
@@ -119,7 +127,7 @@ def test_a_report_warns_once_per_change_of_reason_not_per_retry() -> None:
         "(is the distributor running and listening there?); retrying (said again only if "
         "this changes)",
     ]
-    infos = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    infos = [formatEvent(dict(e)) for e in events if e["log_level"] == LogLevel.info]
     assert infos == [
         "node worker_1 reached the distributor at localhost:5000 after 7 failed attempt(s)",
         "node worker_1 reached the distributor at localhost:5000 after 1 failed attempt(s)",
@@ -134,22 +142,23 @@ def closed_port() -> int:
     return port
 
 
-@pytest_twisted.inlineCallbacks
-def test_a_client_dialling_a_closed_port_says_where_and_why_once() -> None:
+@pytest_twisted.ensureDeferred
+async def test_a_client_dialling_a_closed_port_says_where_and_why_once() -> None:
     port = closed_port()
     client = Client(f"tcp:host=127.0.0.1:port={port}", name="app-1", reactor=reactor)
-    published: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(published.append)
+    published: list[Mapping[str, Any]] = []
+    observer = cast(ILogObserver, published.append)
+    globalLogPublisher.addObserver(observer)
     try:
         with capturedLogs() as events:
             client.startService()
             for _ in range(100):  # 0.2 s, 0.4 s, ... between attempts: two take ~0.2 s
                 if client.dial_report.failures >= 2:
                     break
-                yield deferLater(reactor, 0.05, lambda: None)
-            yield client.stopService()
+                await deferLater(reactor, 0.05, lambda: None)
+            await client.stopService()
     finally:
-        globalLogPublisher.removeObserver(published.append)
+        globalLogPublisher.removeObserver(observer)
 
     assert client.dial_report.failures >= 2
     assert warnings(events) == [
