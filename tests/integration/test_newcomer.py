@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from jobreactor import Distributor
+
 from .conftest import ROOT, NodeProcesses, node_env
 
 pytestmark = pytest.mark.integration
