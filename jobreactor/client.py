@@ -362,6 +362,10 @@ class ClientProtocol(JobReactorAMP):
 
 
 class _ClientFactory(Factory):
+    #: No "Starting factory" / "Stopping factory" line at each attempt: DialReport says what
+    #: matters (where, why, once per change).
+    noisy = False
+
     def __init__(self, client: Client) -> None:
         self.client = client
 

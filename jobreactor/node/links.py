@@ -82,6 +82,10 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
 
 
 class _NodeProtocolFactory(Factory):
+    #: No "Starting factory" / "Stopping factory" line at each attempt: DialReport says what
+    #: matters (where, why, once per change).
+    noisy = False
+
     def __init__(self, node: Node, link: _DistributorLink) -> None:
         self.node = node
         self.link = link

@@ -3,7 +3,9 @@ while trying them, each answered in one line."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -219,3 +221,68 @@ async def test_a_node_says_once_where_it_dials_and_why_it_fails_then_that_it_got
         await distributor.stopService()
     assert log.count("cannot reach the distributor") == 1, log
     assert "Scheduling retry" not in log
+    assert "Starting factory" not in log
+
+
+def page_blocks(page: Path, end: str) -> tuple[dict[str, str], list[str]]:
+    """The python blocks of ``page`` (up to the heading ``end``) by the file their first line
+    names, and its sh lines."""
+    text = page.read_text(encoding="utf-8").split(f"\n{end}\n", 1)[0]
+    files: dict[str, str] = {}
+    shell: list[str] = []
+    for match in FENCE.finditer(text):
+        body = match["body"]
+        if match["lang"] == "python" and body.startswith("# "):
+            files.setdefault(body.splitlines()[0][2:].split()[0], body)
+        elif match["lang"] == "sh":
+            shell.extend(line for line in body.splitlines() if line.strip())
+    return files, shell
+
+
+def test_the_quick_start_runs_your_own_job_on_two_twist_nodes(tmp_path: Path) -> None:
+    """docs/quickstart.md steps 2 to 4 as printed: its jobs file, its two node commands, its
+    app.py. The nodes dial a free port instead of 5000 (the only change)."""
+    files, shell = page_blocks(ROOT / "docs" / "quickstart.md", "## Next")
+    node_commands = [line for line in shell if line.startswith("twist jr-node --name worker_")]
+    assert node_commands == ["twist jr-node --name worker_1", "twist jr-node --name worker_2"]
+    assert "python app.py" in shell
+    project = tmp_path / "myproject"
+    (project / "reactor_jobs").mkdir(parents=True)
+    (project / "reactor_jobs" / "greetings.py").write_text(files["reactor_jobs/greetings.py"])
+    app = files["app.py"]
+    assert app.count("5000") == 1
+    port = str(free_port())
+    (project / "app.py").write_text(app.replace("5000", port))
+    env = node_env()
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    nodes = []
+    try:
+        for index, command in enumerate(node_commands):
+            with (tmp_path / f"node{index}.log").open("w") as log:
+                nodes.append(
+                    subprocess.Popen(
+                        f"{command} --distributor tcp:host=localhost:port={port}",
+                        shell=True, cwd=project, env=env, stdout=log, stderr=log,
+                        start_new_session=True,
+                    )
+                )  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "app.py"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=10)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    names = ["Ada", "Grace", "Linus", "Guido"]
+    assert [line.split(" ran on ")[0] for line in lines] == [f"Hello, {n}!" for n in names]
+    ran_on = [line.split(" ran on ")[1] for line in lines]
+    assert sorted(ran_on) == ["worker_1", "worker_1", "worker_2", "worker_2"]
+    assert result.stderr == ""
