@@ -168,3 +168,18 @@ async def test_a_client_dialling_a_closed_port_says_where_and_why_once() -> None
     ]
     # ClientService's own line names neither the address nor the reason: it is not logged.
     assert not [e for e in published if "Scheduling retry" in str(e.get("log_format"))]
+
+
+def test_a_tls_failure_is_named_as_one() -> None:
+    from OpenSSL import SSL
+
+    error = SSL.Error([("SSL routines", "", "certificate verify failed")])
+    assert failure_reason(Failure(error)).startswith("TLS failure: ")
+    report = DialReport("client app-1", "tls:host=jobs.example.org:port=5001")
+    with capturedLogs() as events:
+        report.hello_refused(Failure(error))  # the handshake broke before Hello was answered
+    assert warnings(events) == [
+        "client app-1 cannot reach the distributor at jobs.example.org:5001 (tls): TLS failure: "
+        f"{Failure(error).getErrorMessage()}; retrying (said again only if this changes)"
+    ]
+    report.forget()
