@@ -23,11 +23,15 @@ class UnfinishedJobs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handles: list[JobHandle] = []
+        self._prune_at = 64
 
     def add(self, handle: JobHandle) -> None:
         with self._lock:
-            if len(self._handles) >= 64:  # forget settled handles now and then
+            if len(self._handles) >= self._prune_at:
+                # Forget settled handles; with many pending ones, prune less often, so that
+                # adding stays cheap on average.
                 self._handles = [kept for kept in self._handles if not kept.done]
+                self._prune_at = max(64, 2 * len(self._handles))
             self._handles.append(handle)
 
     def pending(self) -> list[JobHandle]:
