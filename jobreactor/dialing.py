@@ -163,13 +163,28 @@ class DialReport:
     def status(self) -> str:
         return f"{self.who} cannot reach the distributor at {self.where}: {self.last_reason}"
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, refusal: str | None = None) -> None:
+        """Note a failed attempt; log it if ``reason`` differs from the last one.
+
+        ``refusal`` is the distributor's own error when it refused the Hello: the line then
+        says that the distributor refused us, and why.
+        """
         self.failures += 1
         if reason == self.last_reason:
             return
         self.last_reason = reason
         with _lock:
             _failing[id(self)] = self
+        if refusal is not None:
+            log.warn(
+                "the distributor at {where} refused {who}: {error}; retrying "
+                "(said again only if this changes)",
+                who=self.who,
+                where=self.where,
+                address=self.address,
+                error=refusal,
+            )
+            return
         log.warn(
             "{who} cannot reach the distributor at {where}: {reason}; retrying "
             "(said again only if this changes)",
@@ -191,7 +206,8 @@ class DialReport:
         ):
             self.failed(failure_reason(failure))
         else:
-            self.failed(f"it refused the Hello: {failure.getErrorMessage()}")
+            error = failure.getErrorMessage()
+            self.failed(f"it refused the Hello: {error}", refusal=error)
 
     def accepted(self) -> None:
         """The distributor accepted our Hello: say so if we had been failing."""

@@ -120,9 +120,8 @@ def test_a_report_warns_once_per_change_of_reason_not_per_retry() -> None:
         "node worker_1 cannot reach the distributor at localhost:5000: connection refused "
         "(is the distributor running and listening there?); retrying (said again only if "
         "this changes)",
-        "node worker_1 cannot reach the distributor at localhost:5000: it refused the Hello: "
-        "a node named 'worker_1' is already connected; retrying (said again only if this "
-        "changes)",
+        "the distributor at localhost:5000 refused node worker_1: a node named 'worker_1' is "
+        "already connected; retrying (said again only if this changes)",
         "node worker_1 cannot reach the distributor at localhost:5000: connection refused "
         "(is the distributor running and listening there?); retrying (said again only if "
         "this changes)",
