@@ -170,7 +170,10 @@ def test_the_readme_snippets_work_as_pasted(tmp_path: Path) -> None:
     env = node_env()
     env["PATH"] = f"{BIN}:{env['PATH']}"
     with (tmp_path / "node.log").open("w") as log:
-        node = subprocess.Popen(command, shell=True, cwd=tmp_path, env=env, stdout=log, stderr=log)
+        node = subprocess.Popen(
+            command, shell=True, cwd=tmp_path, env=env, stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         app = subprocess.run(
             [sys.executable, "app.py"],
@@ -181,7 +184,7 @@ def test_the_readme_snippets_work_as_pasted(tmp_path: Path) -> None:
             timeout=60,
         )
     finally:
-        node.kill()
+        os.killpg(node.pid, signal.SIGKILL)  # the shell and the node it started
         node.wait(timeout=10)
 
     assert app.returncode == 0, app.stderr + (tmp_path / "node.log").read_text()
