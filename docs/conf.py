@@ -6,6 +6,9 @@ does the same so that the pages stay buildable without warnings.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 project = "jobreactor"
 author = "the jobreactor authors"
 copyright = "2012-2013 Anton Mishchuk (JobReactor); the jobreactor authors"
@@ -24,3 +27,20 @@ html_theme = "alabaster"
 html_title = "jobreactor"
 html_static_path: list[str] = []
 pygments_style = "sphinx"
+
+
+# The pages are plain Markdown, so they read well on a code-hosting site too: no Sphinx
+# directive shows there as literal text. Sphinx still needs a toctree for its navigation; it
+# is made here from the links of index.md, in their order, and added (hidden) as it is read.
+_PAGE_LINK = re.compile(r"\]\(([\w-]+)\.md\)")
+
+
+def _add_toctree(app: Any, docname: str, source: list[str]) -> None:
+    if docname != root_doc:
+        return
+    pages = list(dict.fromkeys(_PAGE_LINK.findall(source[0])))
+    source[0] += "\n```{toctree}\n:hidden:\n\n" + "\n".join(pages) + "\n```\n"
+
+
+def setup(app: Any) -> None:
+    app.connect("source-read", _add_toctree)

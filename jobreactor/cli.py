@@ -2,9 +2,11 @@
 
 (``jr nodes`` and ``jr stats`` ask a running distributor instead: see :mod:`jobreactor.cli_live`.)
 
-``jr --storage URL list NODE [--status S]``, ``show NODE ID``, ``destroy NODE ID``,
+``jr --storage URL list [NODE] [--status S]`` (every node's jobs without NODE), ``show
+[NODE] ID`` (the job on any node without NODE), ``destroy NODE ID``,
 ``destroy-all NODE [--yes]`` and ``counts``; ``--json`` prints JSON instead of a table.
-``--storage`` and ``--json`` may come before or after the command.
+``--storage`` and ``--json`` may come before or after the command. Memory storage lives in
+each node's process, so ``--storage memory`` is refused with a line saying so.
 The storage URL may also come from the ``JR_STORAGE`` environment variable. Exit status:
 0 done, 1 the storage failed or the job is not there (or destroy-all was not confirmed),
 2 the command line or the storage URL is wrong. Errors are one line on standard error.
@@ -31,6 +33,14 @@ from jobreactor.model import Job, Status
 from jobreactor.monitor import Monitor, parse_status
 from jobreactor.storage import STORAGE_FORMS, IJobStorage, open_storage
 
+#: What ``--storage`` says for the storage that lives only inside each node's process.
+MEMORY_FORMS = ("memory", "memory_storage")
+MEMORY_IS_PRIVATE = (
+    "memory storage lives inside each node's process and ends with it, so jr cannot see it; "
+    "to inspect jobs, run the nodes with --storage sqlite:/path/jobs.db or redis://host:6379/0 "
+    "and give jr the same URL"
+)
+
 #: Fields shown as times (POSIX seconds in storage).
 TIME_FIELDS = ("run_at", "failed_at", "enqueued_at")
 
@@ -56,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    listing = commands.add_parser("list", parents=[common], help="list the jobs of a node")
-    listing.add_argument("node")
+    listing = commands.add_parser(
+        "list", parents=[common], help="list the jobs of a node (of every node without NODE)"
+    )
+    listing.add_argument("node", nargs="?", metavar="NODE")
     listing.add_argument(
         "--status",
         action="append",
@@ -66,9 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only jobs in this status (repeatable): " + ", ".join(s.value for s in Status),
     )
 
-    show = commands.add_parser("show", parents=[common], help="show every field of one job")
-    show.add_argument("node")
-    show.add_argument("job_id", metavar="ID")
+    show = commands.add_parser(
+        "show", parents=[common], help="show every field of one job: [NODE] ID (any node)"
+    )
+    show.add_argument("node", metavar="[NODE]")
+    show.add_argument("job_id", nargs="?", metavar="ID")
 
     destroy = commands.add_parser(
         "destroy", parents=[common], help="remove one job from the storage"
@@ -122,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_live(args)
     if not args.storage:
         parser.error("say which storage with --storage URL (or set JR_STORAGE)")
+    if args.storage.strip() in MEMORY_FORMS:
+        return _fail(MEMORY_IS_PRIVATE, 2)
+    if args.command == "show" and args.job_id is None:
+        args.node, args.job_id = None, args.node  # jr show ID: look on every node
     try:
         storage = open_storage(args.storage, create=False)
     except ConfigError as error:
@@ -178,7 +196,11 @@ def _fail(message: str, status: int) -> int:
 
 
 async def _command(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> None:
-    if args.command == "list":
+    if args.command == "list" and args.node is None:
+        await _list_every_node(monitor, args, out)
+    elif args.command == "show" and args.node is None:
+        await _show_on_any_node(monitor, args.job_id, args.json, out)
+    elif args.command == "list":
         jobs = await monitor.jobs_for(args.node, args.status)
         if args.json:
             _print_json([job.to_wire() for job in jobs], out)
@@ -232,6 +254,39 @@ async def _command(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> N
             ]
             headers = [s.value.upper().replace(" ", "-") for s in statuses]
             _print_table(["NODE", *headers, "TOTAL"], rows, out)
+
+
+async def _list_every_node(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> None:
+    """``jr list`` with no node: every node's jobs, with a NODE column."""
+    found = await monitor.all_jobs(args.status)
+    if args.json:
+        _print_json([{"stored_on": node, **job.to_wire()} for node, job in found], out)
+    elif not found:
+        which = f" in status {', '.join(s.value for s in args.status)}" if args.status else ""
+        print(f"no jobs stored{which}", file=out)
+    else:
+        _print_table(
+            ["NODE", "ID", "NAME", "STATUS", "ATTEMPT", "RUN AT", "PERIOD", "LAST ERROR"],
+            [[node, *_row(job)] for node, job in found],
+            out,
+        )
+
+
+async def _show_on_any_node(monitor: Monitor, job_id: str, as_json: bool, out: TextIO) -> None:
+    """``jr show ID``: the job on whichever node stores it (each one, if several do)."""
+    found = await monitor.find(job_id)
+    if not found:
+        nodes = await monitor.nodes()
+        looked = f" (looked at {len(nodes)} node(s): {', '.join(nodes)})" if nodes else ""
+        raise CommandError(f"no node has a job {job_id}{looked}")
+    if as_json:
+        shown = [{"stored_on": node, **job.to_wire()} for node, job in found]
+        _print_json(shown[0] if len(shown) == 1 else shown, out)
+        return
+    for index, (node, job) in enumerate(found):
+        if index:
+            print(file=out)
+        _print_job(job, out, node=node)
 
 
 def _confirm(node: str, count: int) -> bool:
@@ -293,8 +348,9 @@ def _print_table(headers: list[str], rows: list[list[str]], out: TextIO) -> None
         )
 
 
-def _print_job(job: Job, out: TextIO) -> None:
-    wire = job.to_wire()
+def _print_job(job: Job, out: TextIO, node: str | None = None) -> None:
+    wire: dict[str, Any] = {} if node is None else {"stored_on": node}
+    wire.update(job.to_wire())
     width = max(len(field) for field in wire)
     for field, value in wire.items():
         if value is None:

@@ -21,13 +21,13 @@ from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.config import Config
+from jobreactor.dialing import DialReport, check_client_endpoint, reporting_service
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
@@ -361,6 +361,10 @@ class ClientProtocol(JobReactorAMP):
 
 
 class _ClientFactory(Factory):
+    #: No "Starting factory" / "Stopping factory" line at each attempt: DialReport says what
+    #: matters (where, why, once per change).
+    noisy = False
+
     def __init__(self, client: Client) -> None:
         self.client = client
 
@@ -411,11 +415,13 @@ class Client(service.Service):
         self.distributor_id: str | None = None
         self._refusals = 0
         self.credentials = check_credentials(credentials)
+        self.dial_report = DialReport(f"client {self.client_name}", endpoint)
 
     def startService(self) -> None:
         super().startService()
-        self._service = ClientService(
-            clientFromString(self._reactor, self.endpoint),
+        self._service = reporting_service(
+            self._reactor,
+            self.dial_report,
             _ClientFactory(self),
             retryPolicy=retry_policy(lambda: self._refusals),
             clock=self._clock,
@@ -425,6 +431,7 @@ class Client(service.Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self.dial_report.forget()
         if self._service is not None:
             stopped: Deferred[None] = self._service.stopService()
             return stopped
@@ -442,6 +449,7 @@ class Client(service.Service):
 
         def welcomed(answer: dict[str, Any]) -> None:
             self._refusals = 0
+            self.dial_report.accepted()
             self.distributor_id = answer["distributor_id"]
             protocol.start_heartbeat(
                 self._clock, self.config.heartbeat_interval, self.config.heartbeat_timeout
@@ -458,12 +466,7 @@ class Client(service.Service):
 
         def refused(failure: Failure) -> None:
             self._refusals += 1
-            log.error(
-                "distributor {endpoint} refused client {name}: {error}",
-                endpoint=self.endpoint,
-                name=self.client_name,
-                error=failure.getErrorMessage(),
-            )
+            self.dial_report.hello_refused(failure)
             close_after_refusal(protocol, self._clock)
             waiting, self._waiting_connect = self._waiting_connect, []
             for waiter in waiting:  # JR.connect / when_connected learn why at once
@@ -545,10 +548,7 @@ def connect(
     client; ``client.when_connected()`` fires once it is. ``credentials=(user, password)``
     for a distributor started with ``--auth`` (docs/security.md).
     """
-    if ":" not in endpoint:
-        raise ValueError(
-            f"a distributor address is an endpoint string like tcp:host=H:port=P, not {endpoint!r}"
-        )
+    check_client_endpoint(endpoint, reactor)
     client = Client(
         endpoint,
         name=name,

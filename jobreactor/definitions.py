@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+from twisted.logger import Logger
 
 from jobreactor.errors import JobDefinitionError
 from jobreactor.ratelimit import parse_rate_limit
@@ -219,6 +220,9 @@ def registering_into(registry: JobRegistry) -> Iterator[JobRegistry]:
         _active.reset(token)
 
 
+log = Logger()
+
+
 def load_jobs_directory(directory: str | Path) -> JobRegistry:
     """Import every ``*.py`` file under ``directory`` (recursively, sorted) into a new registry.
 
@@ -232,15 +236,30 @@ def load_jobs_directory(directory: str | Path) -> JobRegistry:
         )
     registry = JobRegistry()
     package = f"_jobreactor_jobs_{uuid.uuid4().hex}"
+    files = 0
     with registering_into(registry):
         for path in sorted(root.rglob("*.py")):
             relative = path.relative_to(root)
             # Only parts below the root count: a root under ~/.local must still load.
             if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
                 continue
+            files += 1
             _import_file(path, f"{package}.{'_'.join(relative.with_suffix('').parts)}")
     registry.check_complete()
+    if not registry.names():
+        _warn_no_jobs(root, files)
     return registry
+
+
+def _warn_no_jobs(root: Path, files: int) -> None:
+    """A node with no jobs starts fine and then fails every job: say so when it starts."""
+    found = "has no .py file" if files == 0 else f"has {files} .py file(s) but none uses @job"
+    log.warn(
+        "jobs directory {directory} {found}: this node can run no job, and every job sent "
+        "to it fails with NoSuchJob (is --jobs / job_directory the right directory?)",
+        directory=str(root.resolve()),
+        found=found,
+    )
 
 
 def _import_file(path: Path, module_name: str) -> None:

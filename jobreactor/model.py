@@ -69,12 +69,21 @@ def _at_least(value: float | None, minimum: float, field: str, setting: str = ""
         raise InvalidJobError(f"{field} must be at least {minimum}{where}, not {value!r}")
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
+
+
+#: The values besides dicts, lists and tuples that json.dumps writes as they are.
+_JSON_SCALARS = (str, int, float, type(None))
+
+
 def _check_structure(args: dict[str, Any], max_depth: int = DEFAULT_LIMITS.max_depth) -> None:
     """Refuse a key that is not a string and a NaN or infinite float, at any depth.
 
     ``json.dumps`` would silently turn ``1``, ``True`` or ``None`` keys into strings (so the
     job would see other keys than the caller gave), fail with a bare ``TypeError`` on other
-    keys and say only "Out of range float values" for NaN; the message names the path.
+    keys and say only "Out of range float values" for NaN; the message names the path, for a
+    value JSON cannot carry (a ``datetime``, a set) as well.
     """
     pending: list[tuple[str, Any, int]] = [("args", args, 1)]
     seen: set[int] = set()
@@ -107,6 +116,11 @@ def _check_structure(args: dict[str, Any], max_depth: int = DEFAULT_LIMITS.max_d
             raise InvalidJobError(
                 f"job args must be JSON-serializable; {path} is {value!r} "
                 "(JSON has no NaN or Infinity)"
+            )
+        elif not isinstance(value, _JSON_SCALARS):
+            raise InvalidJobError(
+                f"job args must be JSON-serializable; {path} is {_a(type(value).__name__)} "
+                f"({value!r:.80}), which JSON cannot carry (pass a str or a number instead)"
             )
 
 

@@ -3,7 +3,7 @@
 The original's ``JR::RedisMonitor`` (``jobs_for``, ``load``, ``destroy``,
 ``destroy_all_jobs_for``), over any :class:`IJobStorage` and with counts per node and
 status. Every method returns a Deferred and runs in the reactor thread. Jobs are stored per
-node, so a job is named by its node and its id.
+node; ``all_jobs`` and ``find`` look through every node for those who do not know which.
 
 Destroying a job that a running node holds only removes its stored record: the node goes on
 with the copy in its memory. Use it on stopped nodes, or for finished jobs.
@@ -63,6 +63,32 @@ class Monitor:
         else:
             wanted = {parse_status(status) for status in statuses}
         return self.storage.jobs_for(node, wanted).addCallback(_in_order)
+
+    def all_jobs(
+        self, statuses: str | Status | Collection[str | Status] | None = None
+    ) -> Deferred[list[tuple[str, Job]]]:
+        """``(node, job)`` for the jobs of every node, by node name, due ones first in each."""
+
+        async def all_jobs() -> list[tuple[str, Job]]:
+            found: list[tuple[str, Job]] = []
+            for node in await self.storage.nodes():
+                found.extend((node, job) for job in await self.jobs_for(node, statuses))
+            return found
+
+        return _deferred(all_jobs())
+
+    def find(self, job_id: str) -> Deferred[list[tuple[str, Job]]]:
+        """``(node, job)`` for each node that stores job ``job_id`` (one, unless rerouted)."""
+
+        async def find() -> list[tuple[str, Job]]:
+            found: list[tuple[str, Job]] = []
+            for node in await self.storage.nodes():
+                job = await self.storage.load(node, job_id)
+                if job is not None:
+                    found.append((node, job))
+            return found
+
+        return _deferred(find())
 
     def load(self, node: str, job_id: str) -> Deferred[Job | None]:
         """The job ``job_id`` of ``node``, or None."""

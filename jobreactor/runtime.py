@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -32,15 +32,17 @@ from twisted.python.failure import Failure
 from jobreactor.client import Client, connect
 from jobreactor.config import Config
 from jobreactor.credentials import Authority, authority_from_string
+from jobreactor.dialing import unreachable_peers
 from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job, check_feedbacks
-from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
+from jobreactor.errors import InvalidJobError, JobReactorError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
 from jobreactor.limits import Limits
 from jobreactor.model import Job
 from jobreactor.node import Node
 from jobreactor.results import Outcome
 from jobreactor.storage import IJobStorage
+from jobreactor.unfinished import UnfinishedJobs, unfinished_message
 
 if TYPE_CHECKING:
     from jobreactor.web import Dashboard
@@ -95,6 +97,7 @@ class JobReactor:
         self.dashboard: Dashboard | None = None
         self.client: Client | None = None
         self.nodes_started: list[Node] = []
+        self._unfinished = UnfinishedJobs()
 
     @property
     def reactor(self) -> Any:
@@ -126,7 +129,7 @@ class JobReactor:
             daemon=True,
         )
         self._thread.start()
-        atexit.register(self.stop)
+        atexit.register(self._exit)
 
     def run_forever(self, setup: Callable[[], Any] | None = None) -> None:
         """Run the reactor in this thread until it is stopped (the original's ``JR.run!``).
@@ -154,7 +157,10 @@ class JobReactor:
             self._ready.set()
             from twisted.logger import Logger
 
-            Logger().failure("JobReactor setup failed", failure)
+            if failure.check(ValueError, JobReactorError):  # a mistake of the caller's
+                Logger().error("JobReactor setup failed: {error}", error=failure.value)
+            else:
+                Logger().failure("JobReactor setup failed", failure)
             if self._stop_on_failure and self.reactor.running:
                 self.reactor.stop()
 
@@ -172,9 +178,49 @@ class JobReactor:
         if not self._ran:
             raise NotRunningError("nothing to wait for: call JR.run(setup) first")
         if not self._ready.wait(timeout):
-            raise TimeoutError(f"JobReactor was not ready within {timeout} s")
+            reasons = "; ".join(unreachable_peers())
+            raise TimeoutError(
+                f"JobReactor was not ready within {timeout} s" + (f": {reasons}" if reasons else "")
+            )
         if self._setup_failure is not None:
             self._setup_failure.raiseException()
+
+    def _exit(self) -> None:
+        """At interpreter exit: say which jobs end unfinished with the process, then stop."""
+        self.report_unfinished()
+        self.stop()
+
+    def report_unfinished(self, out: TextIO | None = None) -> None:
+        """Print one line on stderr if jobs enqueued here have no final outcome yet.
+
+        Called at exit by ``JR.run``; a script that enqueues and ends at once would otherwise
+        lose its jobs without a word.
+        """
+        message = unfinished_message(self._unfinished.pending(), self._waiting_for_node())
+        if message is not None:
+            print(message, file=out or sys.stderr, flush=True)
+
+    def _waiting_for_node(self) -> int | None:
+        """How many jobs this process's distributor holds for want of a node, if it has one.
+
+        Read in the reactor thread after the calls already queued there (the last enqueues).
+        """
+        distributor = self.distributor
+        if distributor is None:
+            return None
+        thread = self._thread
+        if thread is None or not thread.is_alive() or threadable.isInIOThread():
+            return distributor.waiting
+        counted: list[int] = []
+        done = threading.Event()
+
+        def count() -> None:
+            counted.append(distributor.waiting)
+            done.set()
+
+        self.reactor.callFromThread(count)
+        done.wait(1.0)
+        return counted[0] if counted else None
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the started parts and the reactor; from any thread other than the reactor's."""
@@ -321,6 +367,7 @@ class JobReactor:
         handle = JobHandle(job.id, job.name, self._cancel)
         if isinstance(target, Client) or target.storage.durable:
             handle._awaiting_acceptance()  # wait_accepted() must not return before submit ran
+        self._unfinished.add(handle)
         self._call_in_reactor(self._submit, target, job, success, error, handle)
         return handle
 

@@ -12,9 +12,10 @@ from twisted.python.failure import Failure
 
 from jobreactor.credentials import read_credentials_file
 from jobreactor.definitions import load_jobs_directory
+from jobreactor.dialing import check_client_endpoint
 from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
-from jobreactor.node import Node, endpoint_description
+from jobreactor.node import Node
 from jobreactor.node.recycling import Recycler, process_monitor
 from jobreactor.storage import SQLiteStorage, open_storage
 from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_positive_int, as_text
@@ -199,17 +200,11 @@ def as_endpoints(value: Any, source: str, typed: bool = False) -> list[str]:
 
 def check_client_endpoints(addresses: list[str], source: str) -> None:
     """Parse each address as Twisted will when it dials, so a typo stops the node now."""
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import clientFromString
-
     for address in addresses:
         try:
-            clientFromString(reactor, endpoint_description(address))
-        except Exception as error:
-            raise usage.UsageError(
-                f"{source}: {address!r} is not a client endpoint string ({error}); "
-                "write e.g. tcp:host=localhost:port=5000"
-            ) from None
+            check_client_endpoint(address)
+        except ValueError as error:
+            raise usage.UsageError(f"{source}: {error}") from None
 
 
 class DaemonNode(ExitsCleanly):

@@ -132,3 +132,44 @@ def test_each_jobs_file_in_jobs_md_loads(name: str, note: str, source: str, tmp_
         return
     registry = load_jobs_directory(tmp_path / "reactor_jobs")
     assert registry.names(), f"{name} defines no job"
+
+
+MARKDOWN = [*PAGES, ROOT / "README.md", *sorted(ROOT.glob("examples/*/README.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)")
+SPHINX_ONLY = re.compile(r"\{(doc|ref|toctree|eval-rst)\}|^```\{|^\(\w[\w-]*\)=$", re.MULTILINE)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor a code-hosting site (and MyST's heading anchors) gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return {github_anchor(m[1]) for m in re.finditer(r"^#{1,6} (.+)$", text, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=lambda page: str(page.relative_to(ROOT)))
+def test_pages_use_plain_markdown_that_reads_well_on_a_code_hosting_site(page: Path) -> None:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))  # roles shown in code are fine
+    found = SPHINX_ONLY.findall(text)
+    assert not found, f"{page.name} uses Sphinx-only syntax, shown literally elsewhere: {found}"
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_leads_to_a_file_and_heading_that_exist(page: Path) -> None:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    checked = 0
+    for match in LINK.finditer(text):
+        target = match["target"]
+        if re.match(r"^[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        assert resolved.exists(), f"{page.name}: link {target!r} leads nowhere"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{page.name}: no heading for {target!r}"
+        checked += 1
+    if page.name == "index.md":
+        assert checked >= 10  # the contents list

@@ -9,7 +9,7 @@ it; Flask's request threads then call ``JR.enqueue`` (thread-safe) and read the 
   ``?wait=SECONDS`` blocks this request's thread (never the reactor's) until then.
 
 ``python app.py`` also starts a node for the demo (see README.md); in production run the nodes
-with ``twistd jr-node`` and the app under any WSGI server, one process per distributor port.
+with ``twist jr-node`` and the app under any WSGI server, one process per distributor port.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The quick start, end to end: a distributor here, two nodes as separate processes.
 
 Run with ``bash run-demo.sh`` from the repository root. The distributor listens on a free
-loopback port, two ``twistd jr-node`` processes dial it, a handful of jobs are enqueued, each
+loopback port, two ``twist jr-node`` processes dial it, a handful of jobs are enqueued, each
 feedback is printed as it arrives, and everything stops once every job has an outcome.
 """
 
@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from jobreactor import JR, JobFailed
 
 HERE = Path(__file__).resolve().parent
-TWISTD = str(Path(sys.executable).with_name("twistd"))
+TWIST = str(Path(sys.executable).with_name("twist"))
 
 
 def say(text: str) -> None:
@@ -32,7 +32,7 @@ def start_nodes(port: int) -> list[subprocess.Popen[bytes]]:
     nodes = []
     for name in ("worker_1", "worker_2"):
         command = [
-            TWISTD, "-n", "--pidfile=", f"--logfile={HERE / (name + '.log')}",
+            TWIST, f"--log-file={HERE / (name + '.log')}", "--log-format=text",
             "jr-node", "--name", name, "--jobs", str(HERE / "reactor_jobs"),
             "--storage", "memory", "--slots", "4",
             "--distributor", f"tcp:host=127.0.0.1:port={port}",

@@ -2,7 +2,7 @@
 
 ``python examples/two_distributors/run.py``: this process is the application ``app_1`` with a
 distributor of its own; it starts a second application, ``app_2`` (``application.py``), with
-another distributor, then three ``twistd jr-node`` processes that each dial *both*
+another distributor, then three ``twist jr-node`` processes that each dial *both*
 distributors (``--distributor`` twice; the rest from ``node.toml``). Both applications enqueue
 a burst of jobs and print which node ran each; then everything stops.
 """
@@ -21,7 +21,7 @@ from typing import IO
 from application import enqueue_and_report, say, start
 
 HERE = Path(__file__).resolve().parent
-TWISTD = str(Path(sys.executable).with_name("twistd"))
+TWIST = str(Path(sys.executable).with_name("twist"))
 NODE_NAMES = ("worker_1", "worker_2", "worker_3")
 
 
@@ -41,7 +41,7 @@ def start_nodes(ports: list[int]) -> list[subprocess.Popen[bytes]]:
             arg for port in ports for arg in ("--distributor", f"tcp:host=127.0.0.1:port={port}")
         ]
         command = [
-            TWISTD, "-n", "--pidfile=", f"--logfile={HERE / (name + '.log')}",
+            TWIST, f"--log-file={HERE / (name + '.log')}", "--log-format=text",
             "jr-node", "--config", str(HERE / "node.toml"), "--name", name, *dial,
         ]  # fmt: skip
         nodes.append(subprocess.Popen(command, cwd=HERE))

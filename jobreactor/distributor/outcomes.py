@@ -21,6 +21,7 @@ from jobreactor.distributor.records import (
     log_failure,
 )
 from jobreactor.errors import InvalidJobError
+from jobreactor.first_failure import warn_first_failure
 from jobreactor.limits import printable
 from jobreactor.model import Report, Status
 from jobreactor.outcomes import final_outcome, fire_feedback
@@ -114,6 +115,7 @@ class OutcomeDesk:
                 args=report.args if report.feedback == "success" else entry.job.args,
             )
             self._keep_job(entry)
+            warn_first_failure(entry.job, report, entry.node)
         if report.final:
             self._finish_with_report(entry, report)
         elif report.feedback is not None:

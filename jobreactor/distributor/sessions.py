@@ -357,12 +357,7 @@ class Sessions:
                     self._clock.callLater(0, self._cancel_on, name, job_id)  # after the answer
         lost = [e for e in self._owned.values() if e.node == name and e.job.id not in held_ids]
         self._requeue(lost)
-        log.info(
-            "node {node} connected with {slots} slots, holding {held} jobs",
-            node=name,
-            slots=slots,
-            held=len(held_ids) - len(drop),
-        )
+        self._log_hello(name, slots, len(held_ids) - len(drop))
         self._schedule_dispatch()
         self._clock.callLater(0, self._check_node_waiters)
         outbox = self._outboxes.get(name)
@@ -373,6 +368,18 @@ class Sessions:
             self._recount_kept(name)  # here again: no longer counted as kept
             self._schedule_outbox(name, outbox)
         return {"distributor_id": self.id, "version": PROTOCOL_VERSION, "drop": drop}
+
+    def _log_hello(self: Distributor, name: str, slots: int, held: int) -> None:
+        """A peer with 0 slots is a client (an application enqueueing), not a node."""
+        if slots == 0:
+            log.info("client {client} connected", client=name)
+        else:
+            log.info(
+                "node {node} connected with {slots} slots, holding {held} jobs",
+                node=name,
+                slots=slots,
+                held=held,
+            )
 
     def _node_lost(self: Distributor, link: _NodeLink) -> None:
         if self._links.get(link.name) is not link:
@@ -385,7 +392,10 @@ class Sessions:
             )
             self._recount_kept(link.name)
         holding = sum(1 for entry in self._owned.values() if entry.node == link.name)
-        log.info("node {node} disconnected holding {count} jobs", node=link.name, count=holding)
+        if link.slots == 0:
+            log.info("client {client} disconnected", client=link.name)
+        else:
+            log.info("node {node} disconnected holding {count} jobs", node=link.name, count=holding)
         if holding and self.running:
             self._grace_timers[link.name] = self._clock.callLater(
                 self.config.node_grace_period, self._reroute, link.name

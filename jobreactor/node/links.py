@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.client import Submitter
+from jobreactor.dialing import DialReport, check_client_endpoint
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
 from jobreactor.login import say_hello
 from jobreactor.model import Job, Report, encode_args
@@ -54,7 +55,7 @@ def endpoint_description(address: str | tuple[str, int]) -> str:
         raise ValueError(
             f"a distributor address is (host, port) or an endpoint string, not {address!r}"
         )
-    return address
+    return check_client_endpoint(address)  # a URL or host:port gets the right form
 
 
 def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, Any], int]:
@@ -80,6 +81,10 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
 
 
 class _NodeProtocolFactory(Factory):
+    #: No "Starting factory" / "Stopping factory" line at each attempt: DialReport says what
+    #: matters (where, why, once per change).
+    noisy = False
+
     def __init__(self, node: Node, link: _DistributorLink) -> None:
         self.node = node
         self.link = link
@@ -138,6 +143,8 @@ class _DistributorLink:
     in_flight: set[Deferred[Any]] = attrs.Factory(set)
     #: Hellos refused in a row (a duplicate name, say): slows the reconnecting down.
     refusals: int = 0
+    #: Where this link dials and why it last failed (made when the node starts dialling).
+    dial_report: DialReport | None = None
     _submitter: Submitter | None = None
 
     def submitter(self) -> Submitter:
@@ -244,6 +251,8 @@ class Links:
         def welcomed(answer: dict[str, Any]) -> None:
             link.protocol = protocol
             link.refusals = 0
+            if link.dial_report is not None:
+                link.dial_report.accepted()
             previous_id, link.distributor_id = link.distributor_id, answer["distributor_id"]
             if link._submitter is not None:
                 link._submitter.connected(protocol)
@@ -258,12 +267,8 @@ class Links:
 
         def refused(failure: Failure) -> None:
             link.refusals += 1
-            log.error(
-                "distributor {endpoint} refused node {node}: {error}",
-                endpoint=link.endpoint,
-                node=self.name,
-                error=failure.getErrorMessage(),
-            )
+            if link.dial_report is not None:
+                link.dial_report.hello_refused(failure)  # once per change of reason
             close_after_refusal(protocol, self._clock)
 
         return said.addCallbacks(welcomed, refused)

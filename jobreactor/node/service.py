@@ -15,10 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -28,6 +26,7 @@ from twisted.python.threadpool import ThreadPool
 
 from jobreactor.config import Config
 from jobreactor.definitions import JobRegistry, load_jobs_directory
+from jobreactor.dialing import DialReport, reporting_service
 from jobreactor.enqueueing import build_job, check_feedbacks
 from jobreactor.errors import NotRunningError
 from jobreactor.handle import JobHandle
@@ -200,8 +199,10 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
             return self
         self._keep_stored(unfinished)  # taken up when their distributor answers Hello
         for link in self._links.values():
-            link.service = ClientService(
-                clientFromString(self._reactor, link.endpoint),
+            link.dial_report = DialReport(f"node {self.name}", link.endpoint)
+            link.service = reporting_service(
+                self._reactor,
+                link.dial_report,
                 _NodeProtocolFactory(self, link),
                 retryPolicy=retry_policy(functools.partial(getattr, link, "refusals")),
                 clock=self._clock,
@@ -338,6 +339,9 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
             self._threadpool.stop()  # idle threads end at once
         await self._lease.release()
         await self.storage.close()
+        for link in self._links.values():
+            if link.dial_report is not None:
+                link.dial_report.forget()
         log.info("node {node} stopped", node=self.name)
 
     async def _bounded(self, waits: list[Deferred[Any]], seconds: float) -> None:

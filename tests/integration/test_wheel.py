@@ -62,6 +62,10 @@ def test_the_wheel_ships_the_twistd_plugins(tmp_path: Path) -> None:
         timeout=300,
     )  # fmt: skip
     [wheel] = wheels.glob("jobreactor-*.whl")
+    # The build backend (scripts/build_backend.py) builds in a temporary directory: nothing
+    # stale can leak from a build/lib into the next wheel, and the source tree stays clean.
+    assert not (source / "build").exists()
+    assert not list(source.glob("*.egg-info"))
 
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "twisted/plugins/jobreactor_plugins.py" in names

@@ -327,8 +327,52 @@ def test_jr_usage_errors() -> None:
     assert done.returncode == 2 and "--storage" in done.stderr
     done = run_jr("--storage", "memory", "list", "n", "--status", "done")
     assert done.returncode == 2 and "not a job status" in done.stderr
-    done = run_jr("--storage", "memory", "list", "n")
-    assert (done.returncode, done.stdout) == (0, "node n has no jobs\n")
+    done = run_jr("--storage", "sqlite:/x.db", "list", "n", "--status", "done")
+    assert done.returncode == 2 and "not a job status" in done.stderr
+
+
+@pytest.mark.parametrize("command", [("counts",), ("list",), ("show", "n", "1")])
+def test_jr_explains_that_memory_storage_cannot_be_seen(command: tuple[str, ...]) -> None:
+    one_line_error(
+        run_jr("--storage", "memory", *command),
+        2,
+        "memory storage lives inside each node's process and ends with it, so jr cannot see "
+        "it; to inspect jobs, run the nodes with --storage sqlite:/path/jobs.db or "
+        "redis://host:6379/0 and give jr the same URL",
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_list_without_a_node_lists_every_node(filled: Any) -> None:
+    _, jr = filled
+    done = jr("list")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NODE", "ID", "NAME"]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["node-1", "q-soon"],
+        ["node-1", "e-1"],
+        ["node-1", "q-late"],
+        ["node-2", "f-1"],
+    ]
+    listed = json.loads(jr("list", "--json", "--status", "failed").stdout)
+    assert [(job["stored_on"], job["id"]) for job in listed] == [("node-2", "f-1")]
+    done = jr("list", "--status", "new")
+    assert (done.returncode, done.stdout) == (0, "no jobs stored in status new\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_show_with_only_an_id_finds_the_job_on_its_node(filled: Any) -> None:
+    _, jr = filled
+    done = jr("show", "f-1")
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(None, 1) for line in done.stdout.splitlines())
+    assert (fields["stored_on"], fields["id"], fields["status"]) == ("node-2", "f-1", "failed")
+    shown = json.loads(jr("show", "e-1", "--json").stdout)
+    assert (shown["stored_on"], shown["id"]) == ("node-1", "e-1")
+    one_line_error(
+        jr("show", "nope"), 1, "no node has a job nope (looked at 2 node(s): node-1, node-2)"
+    )
 
 
 @pytest_twisted.ensureDeferred

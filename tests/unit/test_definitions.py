@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 import jobreactor.definitions as definitions
 from jobreactor import JobDefinitionError, job, job_callback, job_errback
@@ -312,3 +313,38 @@ def test_a_callback_for_a_job_no_file_defines_stops_the_load(tmp_path: Path) -> 
 
     with pytest.raises(JobDefinitionError, match=r"undefined job.*'nope'"):
         load_jobs_directory(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("files", "found"),
+    [
+        ({}, "has no .py file"),
+        ({"helpers.py": "X = 1\n", "notes.txt": "hi\n"}, "has 1 .py file(s) but none uses @job"),
+    ],
+)
+def test_a_jobs_directory_with_no_job_warns_naming_it(
+    tmp_path: Path, files: dict[str, str], found: str
+) -> None:
+    directory = tmp_path / "reactor_jobs"
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+    with capturedLogs() as events:
+        registry = load_jobs_directory(directory)
+
+    assert registry.names() == []
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warnings == [
+        f"jobs directory {directory.resolve()} {found}: this node can run no job, and every "
+        "job sent to it fails with NoSuchJob (is --jobs / job_directory the right directory?)"
+    ]
+
+
+def test_a_jobs_directory_with_jobs_loads_without_a_warning(tmp_path: Path) -> None:
+    write(tmp_path / "jobs" / "a.py", "from jobreactor import job\n@job('a')\ndef a(args): pass\n")
+
+    with capturedLogs() as events:
+        load_jobs_directory(tmp_path / "jobs")
+
+    assert [e for e in events if e["log_level"] >= LogLevel.warn] == []

@@ -81,9 +81,15 @@ def test_an_unknown_option_is_refused_by_name() -> None:
         ({1: "x"}, "keys must be strings.*int key 1"),
         ({"outer": {None: "x"}}, r"keys must be strings; args\['outer'\] has the NoneType key"),
         ({"outer": [{(1, 2): "x"}]}, "keys must be strings.*tuple key"),
-        ({"tags": {"a", "b"}}, "JSON-serializable; set value"),
-        ({"when": datetime.date(2024, 1, 1)}, "JSON-serializable; date value"),
-        ({"obj": object()}, "JSON-serializable; object value"),
+        ({"tags": {"a", "b"}}, r"JSON-serializable; args\['tags'\] is a set"),
+        ({"when": datetime.date(2024, 1, 1)}, r"JSON-serializable; args\['when'\] is a date"),
+        ({"obj": object()}, r"JSON-serializable; args\['obj'\] is an object"),
+        (
+            {"a": [0, 1, 2, {"when": datetime.datetime(2024, 1, 1, 12, 0)}]},
+            r"JSON-serializable; args\['a'\]\[3\]\['when'\] is a datetime "
+            r"\(datetime.datetime\(2024, 1, 1, 12, 0\)\)",
+        ),
+        ({"b": b"raw"}, r"args\['b'\] is a bytes"),
         ({"ratio": float("nan")}, r"JSON-serializable; args\['ratio'\] is nan"),
         ({"r": [1.0, float("-inf")]}, r"JSON-serializable; args\['r'\]\[1\] is -inf"),
     ],
