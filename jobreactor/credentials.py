@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import getpass
+import hmac
 import os
 import sys
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 import attrs
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
-from twisted.cred.credentials import ICredentials, IUsernameHashedPassword
+from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.cred.strcred import makeChecker
 from twisted.internet.defer import Deferred, fail, succeed
@@ -367,3 +368,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@implementer(IUsernameHashedPassword)
+@attrs.define
+class _TypedPassword:
+    """An HTTP basic password, checked against what the checker stores for the user: the
+    password itself, or SCRAM stored keys (derived again from the password and compared)."""
+
+    username: Any
+    password: str = attrs.field(repr=False)
+
+    def checkPassword(self, stored: Any) -> bool:
+        text = stored.decode("utf-8") if isinstance(stored, bytes) else str(stored)
+        if text.startswith(NO_PASSWORD):
+            return False
+        if text.startswith(scram.STORED_PREFIX):
+            try:
+                keys = scram.StoredKeys.parse(text)
+            except ValueError:
+                return False
+            typed = scram.StoredKeys.from_password(self.password, keys.salt, keys.iterations)
+            return hmac.compare_digest(typed.stored_key, keys.stored_key)
+        return hmac.compare_digest(text.encode("utf-8"), self.password.encode("utf-8"))
+
+
+@implementer(ICredentialsChecker)
+class WebLogins:
+    """HTTP basic logins (the dashboard's) against the distributor's own credential store.
+
+    Over plain HTTP the password crosses the wire: serve the dashboard with ``ssl:`` or on
+    loopback (docs/security.md).
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, authority: Authority) -> None:
+        self.authority = authority
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        checker = self.authority.portal.checkers.get(IUsernameHashedPassword)
+        if checker is None:
+            return fail(cred_error.UnauthorizedLogin("no password logins here"))
+        name = credentials.username
+        text = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+        password = credentials.password
+        password = password.decode("utf-8") if isinstance(password, bytes) else str(password)
+        spelled = text.encode("utf-8") if self.authority._bytes_names else text
+        checked: Deferred[Any] = checker.requestAvatarId(_TypedPassword(spelled, password))
+        return checked

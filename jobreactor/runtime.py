@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.client import Client, connect
 from jobreactor.config import Config
-from jobreactor.credentials import Authority, authority_from_string
+from jobreactor.credentials import Authority, WebLogins, authority_from_string
 from jobreactor.dialing import unreachable_peers
 from jobreactor.distributor import Distributor, Feedback, NodeInfo
 from jobreactor.enqueueing import build_job, check_feedbacks
@@ -272,7 +272,8 @@ class JobReactor:
         if web is not None:
             from jobreactor.web import Dashboard
 
-            dashboard = Dashboard(distributor, web, reactor=self.reactor)
+            checkers: list[Any] | None = [WebLogins(authority)] if authority else None
+            dashboard = Dashboard(distributor, web, reactor=self.reactor, checkers=checkers)
             dashboard.startService()
             self.dashboard = dashboard
             self.reactor.addSystemEventTrigger("before", "shutdown", dashboard.stopService)

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from jobreactor.credentials import authority_from_string
+from jobreactor.credentials import WebLogins, authority_from_string
 from jobreactor.distributor import Distributor
 from jobreactor.errors import ConfigError, JobDefinitionError
 from jobreactor.logging import WithLogObserver
@@ -150,12 +150,16 @@ class DaemonDistributor(ExitsCleanly):
     tell from a healthy daemon.
     """
 
-    def __init__(self, distributor: Distributor, web: str | None = None) -> None:
+    def __init__(
+        self, distributor: Distributor, web: str | None = None, authority: Any = None
+    ) -> None:
         super().__init__(distributor)
         self.distributor = distributor
         self.dashboard: Dashboard | None = None
         if web is not None:
-            self.dashboard = Dashboard(distributor, web)
+            # With --auth the dashboard asks for the same users' passwords (HTTP basic).
+            checkers: list[Any] | None = [WebLogins(authority)] if authority else None
+            self.dashboard = Dashboard(distributor, web, checkers=checkers)
             self.dashboard.setServiceParent(self)
 
     def startService(self) -> None:
@@ -192,6 +196,7 @@ def makeService(options: Options) -> service.IService:
             portal=options["authority"],
         ),
         web=options["web"],
+        authority=options["authority"],
     )
     observer = options.observer_for_twistd()
     return distributor if observer is None else WithLogObserver(distributor, observer)

@@ -275,3 +275,36 @@ def test_jr_start_distributor_with_web_serves_the_dashboard() -> None:
     assert stats["nodes"] == 0
     assert stats["totals"]["enqueued"] == 1 and stats["totals"]["cancelled"] == 1
     assert [row["name"] for row in stats["names"]] == ["nobody_runs_this"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_dashboard_asks_the_distributors_own_users(
+    distributor: Distributor, tmp_path: Path
+) -> None:
+    """With ``--auth file:PATH`` the dashboard takes the same users (plain and stored keys)."""
+    from jobreactor import scram
+    from jobreactor.credentials import WebLogins, authority_from_string
+
+    keys = scram.StoredKeys.from_password("k3y-pass", scram.new_nonce().encode()[:16])
+    users = tmp_path / "users"
+    users.write_text(f"ops:plain-pass\nkeyed:{keys.format()}\nmachine:!\n")
+    authority = authority_from_string(f"file:{users}")
+    dashboard = await start_dashboard(distributor, checkers=[WebLogins(authority)])
+    try:
+
+        def login(user: str, password: str) -> dict[bytes, bytes]:
+            pair = f"{user}:{password}".encode()
+            return {b"Authorization": b"Basic " + base64.b64encode(pair)}
+
+        assert (await fetch(f"{dashboard.url}api/stats"))[0] == 401
+        assert (await fetch(f"{dashboard.url}api/stats", headers=login("ops", "plain-pass")))[
+            0
+        ] == 200
+        assert (await fetch(f"{dashboard.url}api/stats", headers=login("keyed", "k3y-pass")))[
+            0
+        ] == 200
+        for user, password in (("ops", "wrong"), ("keyed", "wrong"), ("machine", "!"), ("x", "y")):
+            code, _ = await fetch(f"{dashboard.url}api/stats", headers=login(user, password))
+            assert code == 401, (user, password)
+    finally:
+        await dashboard.stopService()
