@@ -245,6 +245,21 @@ class Keeping:
         self._handler_runs[outcome.job_id] = running
         running.addCallbacks(succeeded, failed)
 
+    def _handle_run(self: Distributor, entry: _Entry, report: Report) -> None:
+        """Run the result handlers for one successful run of a periodic or cron job.
+
+        Such a run has no final outcome to store: its handlers run in this process, with
+        retries, but are not run again after a restart (docs/durability.md).
+        """
+        if not self.handlers.for_name(entry.job.name):
+            return
+        outcome = attrs.evolve(
+            Outcome.from_report(entry.job.name, report, self._clock.seconds(), {}),
+            status="done",
+            origin=entry.origin,
+        )
+        self._handle(outcome)
+
     # -- look-ups and retries ---------------------------------------------------------------
 
     def outcome(self: Distributor, job_id: str) -> Deferred[Outcome | None]:

@@ -120,6 +120,8 @@ class OutcomeDesk:
             self._finish_with_report(entry, report)
         elif report.feedback is not None:
             self._fire(entry, report)
+            if report.feedback == "success":
+                self._handle_run(entry, report)  # a periodic or cron run ended well
         return True
 
     def _finish_with_report(self: Distributor, entry: _Entry, report: Report) -> None:

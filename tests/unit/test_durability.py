@@ -574,3 +574,28 @@ async def test_a_stop_waits_for_an_expiry_sweep_under_way(
     finally:
         globalLogPublisher.removeObserver(observe)
     assert failures == [], "the storage was closed after the sweep, not under it"
+
+
+def test_each_run_of_a_periodic_job_gets_its_handler_call() -> None:
+    """A periodic job never ends by itself: its handlers run for every successful run."""
+    jobs = JobRegistry()
+    with registering_into(jobs):
+
+        @job("tick")
+        def tick(args: dict[str, Any]) -> dict[str, Any]:
+            return {"count": args.get("count", 0) + 1}
+
+    seen: list[tuple[int, str, int]] = []
+    results = HandlerRegistry()
+    with registering_handlers_into(results):
+
+        @on_result("tick")
+        def record(outcome: Outcome) -> None:
+            seen.append((outcome.run, outcome.status, outcome.args["count"]))
+
+    cluster = LocalCluster(jobs, handlers=results)
+    cluster.add_node("worker")
+    cluster.distributor.enqueue("tick", {}, period=10)
+    cluster.run()
+    cluster.advance(25)
+    assert seen == [(1, "done", 1), (2, "done", 2), (3, "done", 3)]
