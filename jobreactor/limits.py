@@ -114,6 +114,14 @@ def _refuse_constant(name: str) -> Any:
 
 def has_lone_surrogate(value: Any) -> bool:
     """Whether any string in ``value`` holds a lone surrogate (not encodable as UTF-8)."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False  # the common case, without building any JSON
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
