@@ -124,15 +124,36 @@ def _check_structure(args: dict[str, Any], max_depth: int = DEFAULT_LIMITS.max_d
             )
 
 
-def encode_args(args: Any, limit: int, max_depth: int = DEFAULT_LIMITS.max_depth) -> str:
+def encode_args(
+    args: Any, limit: int, max_depth: int = DEFAULT_LIMITS.max_depth, *, parsed: bool = False
+) -> str:
     """Return the JSON text of ``args`` or raise :class:`InvalidJobError` saying why not.
 
     Runs in the caller's thread at ``enqueue`` so that a bad value is reported where it was
     made, before anything is sent; the distributor and the node run it again on what a peer
-    sent, with the same limits.
+    sent, with the same limits. ``parsed``: ``args`` came out of JSON (its keys are strings),
+    so the common case needs one ``json.dumps`` and no walk.
     """
     if not isinstance(args, dict):
         raise InvalidJobError(f"job args must be a dict, not {type(args).__name__}")
+    try:
+        if not parsed:
+            raise TypeError("keys may not be strings: walk")
+        # The common case in one C-level pass: JSON-able, finite, and too few brackets to
+        # be nested past the limit (depth <= brackets). Anything else takes the walk below,
+        # which names the offending key path.
+        text = json.dumps(args, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        pass
+    else:
+        if text.count("{") + text.count("[") <= max_depth and "\\ud" not in text:
+            if len(text) > limit:  # ASCII: ensure_ascii is on, so characters are bytes
+                raise ArgsTooLargeError(
+                    f"job args are {len(text)} bytes as JSON, above the limit of {limit} "
+                    f"bytes (JR.config.max_args_bytes); keep large data elsewhere and pass "
+                    f"a reference"
+                )
+            return text
     _check_structure(args, max_depth)
 
     def refuse(value: Any) -> Any:
@@ -281,7 +302,7 @@ class Job:
         check_name(data["name"], "job field 'name'", limits)
         if not isinstance(data["args"], dict):
             raise InvalidJobError("job field 'args' must be an object")
-        encode_args(data["args"], limits.max_args_bytes, limits.max_depth)
+        encode_args(data["args"], limits.max_args_bytes, limits.max_depth, parsed=True)
         values = dict(data)
         try:
             values["status"] = Status(data.get("status", Status.NEW.value))
@@ -411,7 +432,7 @@ class Report:
         if not isinstance(args, dict):
             raise InvalidJobError(f"report field 'args' of job {job_id} must be an object")
         try:
-            encode_args(args, limits.max_args_bytes, limits.max_depth)
+            encode_args(args, limits.max_args_bytes, limits.max_depth, parsed=True)
         except InvalidJobError as error:
             raise InvalidJobError(f"report of job {job_id}: {error}") from None
         check_error_text(data.get("error"), f"report field 'error' of job {job_id}", limits)
