@@ -26,6 +26,8 @@ log = Logger()
 
 #: Seconds between two looks at the process's memory.
 MEMORY_CHECK_SECONDS = 0.5
+#: ... and every this many finished attempts.
+MEMORY_CHECK_ATTEMPTS = 20
 #: Extra seconds ``--processes`` lets a child drain after SIGTERM before SIGKILL.
 KILL_MARGIN = 10
 
@@ -63,12 +65,13 @@ class Recycler(service.Service):
         self._memory = memory
         self._clock = clock
         self._loop: LoopingCall | None = None
+        self._attempts = 0
         self.recycling = False
 
     def startService(self) -> None:
         super().startService()
-        if self.max_jobs:
-            self.node.after_attempt = self.check_jobs
+        if self.max_jobs or self.max_memory_mb:
+            self.node.after_attempt = self._after_attempt
         if self.max_memory_mb:
             self._loop = LoopingCall(self.check_memory)
             self._loop.clock = self._clock
@@ -80,6 +83,15 @@ class Recycler(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+
+    def _after_attempt(self) -> None:
+        self._attempts += 1
+        if self.max_jobs:
+            self.check_jobs()
+        # A fast leak outruns the timer (thousands of short jobs in half a second): look
+        # at the memory every MEMORY_CHECK_ATTEMPTS attempts too (a read of /proc, cheap).
+        if self.max_memory_mb and self._attempts % MEMORY_CHECK_ATTEMPTS == 0:
+            self.check_memory()
 
     def check_jobs(self) -> None:
         if self.node.jobs_run >= self.max_jobs:

@@ -60,3 +60,22 @@ def test_children_get_the_options_but_their_own_name() -> None:
         "jr-node", "--name", "pool-2", "--jobs", "jobs", "--max-memory=200",
         "--distributor", "tcp:host=h:port=1",
     ]  # fmt: skip
+
+
+def test_max_memory_is_also_checked_every_few_attempts() -> None:
+    """Short jobs that leak fast are caught between two timer checks."""
+    clock, node, stops = Clock(), FakeNode(), []
+    used = [101.0]
+    recycler = Recycler(
+        node, max_jobs=0, max_memory_mb=100, stop=lambda: stops.append(1), clock=clock,
+        memory=lambda: used[0],
+    )  # fmt: skip
+    recycler.startService()
+    for _ in range(19):
+        node.after_attempt()
+    clock.advance(0)
+    assert stops == []  # no timer has fired yet, and 19 attempts are not 20
+    node.after_attempt()
+    clock.advance(0)
+    assert stops == [1]
+    recycler.stopService()
