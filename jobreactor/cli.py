@@ -202,6 +202,7 @@ async def _command(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> N
         await _show_on_any_node(monitor, args.job_id, args.json, out)
     elif args.command == "list":
         jobs = await monitor.jobs_for(args.node, args.status)
+        await _list_unreadable(monitor, [args.node], sys.stderr)
         if args.json:
             _print_json([job.to_wire() for job in jobs], out)
         elif not jobs:
@@ -259,6 +260,7 @@ async def _command(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> N
 async def _list_every_node(monitor: Monitor, args: argparse.Namespace, out: TextIO) -> None:
     """``jr list`` with no node: every node's jobs, with a NODE column."""
     found = await monitor.all_jobs(args.status)
+    await _list_unreadable(monitor, await monitor.nodes(), sys.stderr)
     if args.json:
         _print_json([{"stored_on": node, **job.to_wire()} for node, job in found], out)
     elif not found:
@@ -270,6 +272,21 @@ async def _list_every_node(monitor: Monitor, args: argparse.Namespace, out: Text
             [[node, *_row(job)] for node, job in found],
             out,
         )
+
+
+async def _list_unreadable(monitor: Monitor, nodes: list[str], err: TextIO) -> None:
+    """Rows a node set aside because they cannot be read: one line each, on stderr (the
+    table or JSON on stdout stays what it was); ``jr destroy NODE ID`` removes one."""
+    look = getattr(monitor.storage, "unreadable", None)
+    if look is None:
+        return
+    for node in nodes:
+        for job_id, why in await look(node):
+            print(
+                f"unreadable job {_safe(job_id)} of node {_safe(node)} (set aside): "
+                f"{_safe(why)[:300]}",
+                file=err,
+            )
 
 
 async def _show_on_any_node(monitor: Monitor, job_id: str, as_json: bool, out: TextIO) -> None:

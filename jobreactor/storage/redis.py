@@ -303,6 +303,24 @@ class RedisStorage:
                 log.warn("{error}; set aside (left stored)", error=printable(error, 500))
         return jobs
 
+    def unreadable(self, node: str) -> Deferred[list[tuple[str, str]]]:
+        """``(id, why)`` of the stored jobs of ``node`` that cannot be read (set aside)."""
+        found = self._call(
+            f"looking for unreadable jobs of node {node}",
+            lambda redis: redis.hgetall(self.keys.jobs(node)),
+        )
+
+        def check(values: dict[Any, Any]) -> list[tuple[str, str]]:
+            bad = []
+            for job_id, data in (values or {}).items():
+                try:
+                    self._decode(data, node)
+                except StorageError as error:
+                    bad.append((_text(job_id), str(error)))
+            return sorted(bad)
+
+        return found.addCallback(check)
+
     def nodes(self) -> Deferred[list[str]]:
         found = self._call("listing the nodes", lambda redis: redis.smembers(self.keys.nodes()))
         return found.addCallback(lambda names: sorted(_text(name) for name in names or ()))

@@ -140,6 +140,10 @@ class SQLiteStorage:
         wanted = None if statuses is None else sorted(Status(s).value for s in statuses)
         return self._interact(_jobs_for, f"listing the jobs of node {node}", node, wanted)
 
+    def unreadable(self, node: str) -> Deferred[list[tuple[str, str]]]:
+        """``(id, why)`` of the stored jobs of ``node`` that cannot be read (set aside)."""
+        return self._interact(_unreadable, f"looking for unreadable jobs of node {node}", node)
+
     def nodes(self) -> Deferred[list[str]]:
         return self._interact(_nodes, "listing the nodes")
 
@@ -304,6 +308,17 @@ def _jobs_for(cursor: adbapi.Transaction, node: str, statuses: list[str] | None)
             # One unreadable row must not stop the node: it stays in the file, set aside.
             _log.warn("{error}; set aside (left in the file)", error=printable(error, 500))
     return jobs
+
+
+def _unreadable(cursor: adbapi.Transaction, node: str) -> list[tuple[str, str]]:
+    cursor.execute("SELECT id, data FROM jobs WHERE node = ?", (node,))
+    found = []
+    for job_id, data in cursor.fetchall():
+        try:
+            _decode(data, node)
+        except StorageError as error:
+            found.append((str(job_id), str(error)))
+    return found
 
 
 def _nodes(cursor: adbapi.Transaction) -> list[str]:

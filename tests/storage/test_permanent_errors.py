@@ -107,3 +107,27 @@ def test_twistd_jr_node_on_a_corrupt_file_exits_1_and_says_why(tmp_path: Path) -
     assert "jr-node: cannot start:" in output and "not a database" in output
     assert "storage unusable, not retried" in output
     assert "Traceback" not in output and "trying again" not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_jr_list_names_the_rows_set_aside(tmp_path: Path) -> None:
+    """``jr list`` shows the readable jobs and says which rows were set aside, and why."""
+    from twisted.internet.threads import deferToThread
+
+    from .test_monitor import run_jr
+
+    storage = SQLiteStorage(str(tmp_path / "jobs.db"))
+    await wait(storage.open())
+    await wait(storage.save("node-1", full_job(id="good")))
+    await storage.close().addTimeout(WAIT, reactor)
+    with sqlite3.connect(tmp_path / "jobs.db") as connection:
+        connection.execute(
+            "INSERT INTO jobs (node, id, status, name, run_at, data)"
+            " VALUES ('node-1', 'bad', 'queued', 'x', NULL, '{not json')"
+        )
+    url = f"sqlite:{tmp_path / 'jobs.db'}"
+    for arguments in (("list", "node-1"), ("list",)):
+        done = await deferToThread(run_jr, "--storage", url, *arguments)
+        assert done.returncode == 0, done.stderr
+        assert "good" in done.stdout and "bad" not in done.stdout
+        assert done.stderr.startswith("unreadable job bad of node node-1 (set aside): ")
