@@ -230,25 +230,35 @@ def load_jobs_directory(directory: str | Path) -> JobRegistry:
     and the error, so a node refuses to start rather than run with half its jobs.
     """
     root = Path(directory)
-    if not root.is_dir():
-        raise JobDefinitionError(
-            f"jobs directory {str(root)!r} does not exist or is not a directory"
-        )
     registry = JobRegistry()
-    package = f"_jobreactor_jobs_{uuid.uuid4().hex}"
-    files = 0
     with registering_into(registry):
-        for path in sorted(root.rglob("*.py")):
-            relative = path.relative_to(root)
-            # Only parts below the root count: a root under ~/.local must still load.
-            if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
-                continue
-            files += 1
-            _import_file(path, f"{package}.{'_'.join(relative.with_suffix('').parts)}")
+        files = import_directory(root, "jobs")
     registry.check_complete()
     if not registry.names():
         _warn_no_jobs(root, files)
     return registry
+
+
+def import_directory(root: Path, what: str) -> int:
+    """Import every ``*.py`` file under ``root`` (recursively, sorted); return how many.
+
+    The decorators of the files write into whichever registry the caller made active. A
+    file that fails to import raises :class:`JobDefinitionError` naming the file and line.
+    """
+    if not root.is_dir():
+        raise JobDefinitionError(
+            f"{what} directory {str(root)!r} does not exist or is not a directory"
+        )
+    package = f"_jobreactor_{what}_{uuid.uuid4().hex}"
+    files = 0
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        # Only parts below the root count: a root under ~/.local must still load.
+        if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+            continue
+        files += 1
+        _import_file(path, f"{package}.{'_'.join(relative.with_suffix('').parts)}")
+    return files
 
 
 def _warn_no_jobs(root: Path, files: int) -> None:

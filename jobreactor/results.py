@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -161,19 +160,9 @@ def load_handlers_directory(directory: str | Path) -> HandlerRegistry:
 
     A broken file raises :class:`JobDefinitionError` naming the file and line.
     """
-    from jobreactor.definitions import _import_file
+    from jobreactor.definitions import import_directory
 
-    root = Path(directory)
-    if not root.is_dir():
-        raise JobDefinitionError(
-            f"handlers directory {str(root)!r} does not exist or is not a directory"
-        )
     registry = HandlerRegistry()
-    package = f"_jobreactor_handlers_{uuid.uuid4().hex}"
     with registering_handlers_into(registry):
-        for path in sorted(root.rglob("*.py")):
-            relative = path.relative_to(root)
-            if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
-                continue
-            _import_file(path, f"{package}.{'_'.join(relative.with_suffix('').parts)}")
+        import_directory(Path(directory), "handlers")
     return registry
