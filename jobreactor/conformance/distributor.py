@@ -20,7 +20,7 @@ from jobreactor.conformance.runner import (
     expect_answer,
     expect_error,
     new_id,
-    reports_of,
+    report_in,
 )
 from jobreactor.conformance.wire import Box, NoAnswer, Peer, Reply, get_json
 
@@ -140,17 +140,7 @@ def report(node: Peer, job_id: str, **fields: Any) -> None:
 
 def outcome_of(client: Peer, job_id: str, timeout: float | None = None) -> dict[str, Any]:
     """Answer Outcomes until one carries a report for ``job_id``; return that report."""
-    deadline = time.monotonic() + (client.timeout if timeout is None else timeout)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise NoAnswer(f"no Outcomes report for job {job_id}")
-        box = client.next_command("Outcomes", timeout=left)
-        reports = reports_of(box)
-        client.answer(box)
-        for item in reports:
-            if isinstance(item, dict) and item.get("job_id") == job_id:
-                return item
+    return report_in(client, "Outcomes", job_id, timeout)
 
 
 def run_to_completion(context: Context, node: Peer, client: Peer, the_job: dict[str, Any]) -> None:

@@ -19,12 +19,11 @@ from jobreactor.conformance.runner import (
     expect_answer,
     expect_error,
     new_id,
-    reports_of,
+    report_in,
 )
 from jobreactor.conformance.wire import (
     Box,
     Listener,
-    NoAnswer,
     Peer,
     arguments,
     encode_box,
@@ -134,17 +133,7 @@ def run_jobs(peer: Peer, *jobs: dict[str, Any]) -> tuple[list[str], list[str], l
 
 def report_for(peer: Peer, job_id: str, timeout: float | None = None) -> dict[str, Any]:
     """Answer JobsDone until one carries a report for ``job_id``; return that report."""
-    deadline = time.monotonic() + (peer.timeout if timeout is None else timeout)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise NoAnswer(f"no JobsDone report for job {job_id}")
-        box = peer.next_command("JobsDone", timeout=left)
-        reports = reports_of(box)
-        peer.answer(box)
-        for item in reports:
-            if isinstance(item, dict) and item.get("job_id") == job_id:
-                return item
+    return report_in(peer, "JobsDone", job_id, timeout)
 
 
 @check("4.1", "the node dials in and says Hello first, with name, slots >= 1, version and held")

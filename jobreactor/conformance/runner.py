@@ -142,3 +142,19 @@ def reports_of(command: Box) -> list[dict[str, Any]]:
     reports = get_json(command, "reports")
     expect(isinstance(reports, list), f"reports must be a list, got {reports!r:.80}")
     return list(reports)
+
+
+def report_in(peer: Peer, command: str, job_id: str, timeout: float | None) -> dict[str, Any]:
+    """Answer ``command`` boxes (``JobsDone``, ``Outcomes``) until one carries a report for
+    ``job_id``; return that report."""
+    deadline = time.monotonic() + (peer.timeout if timeout is None else timeout)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoAnswer(f"no {command} report for job {job_id}")
+        box = peer.next_command(command, timeout=left)
+        reports = reports_of(box)
+        peer.answer(box)
+        for item in reports:
+            if isinstance(item, dict) and item.get("job_id") == job_id:
+                return item
