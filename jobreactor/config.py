@@ -96,6 +96,10 @@ class Config:
     thread_pool_size: int = attrs.field(default=20, validator=_check(int, minimum=1))
     #: Jobs a node runs at once unless ``start_node(slots=...)`` says otherwise.
     node_slots: int = attrs.field(default=50, validator=_check(int, minimum=1))
+    #: Due jobs a distributor may send a node beyond its free slots, at most, so that a
+    #: short job is there the moment a slot frees (the real number adapts to the node's
+    #: job durations and round trip; a node with an idle slot takes queued jobs back).
+    node_queue_limit: int = attrs.field(default=64, validator=_check(int, minimum=0))
     #: Largest JSON form of one job's args, in bytes; larger args are refused at enqueue.
     max_args_bytes: int = attrs.field(
         default=1024 * 1024, validator=_check(int, minimum=1024, maximum=8 * 1024 * 1024)

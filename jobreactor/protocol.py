@@ -624,6 +624,21 @@ class CancelJobs(amp.Command):
     errors = dict(_COMMON_ERRORS)
 
 
+class GiveBack(amp.Command):
+    """Distributor to node: give back up to ``count`` of these jobs that have not started.
+
+    A node may hold a few due jobs beyond its slots, so that a short job is there the moment
+    a slot frees; when another node has an idle slot, the distributor takes queued jobs back
+    to run them there. The node hands back (in ``JobsDone``, ``handed_back`` true) only jobs
+    it holds unstarted, in the order listed; ``given_back`` lists their ids. Optional: a
+    node that does not know the command simply gets no jobs beyond its slots.
+    """
+
+    arguments = [(b"job_ids", JSON()), (b"count", amp.Integer())]
+    response = [(b"given_back", JSON())]
+    errors = dict(_COMMON_ERRORS)
+
+
 class Enqueue(amp.Command):
     """Any peer that said ``Hello`` (a client with ``slots`` 0, or a node) to distributor:
     own these jobs (a list of job objects, ids made by the sender).

@@ -31,6 +31,7 @@ from jobreactor.limits import printable
 from jobreactor.model import Job
 from jobreactor.outcomes import refusal_report
 from jobreactor.protocol import (
+    GiveBack,
     NotEncodable,
     RunJobs,
     in_boxes,
@@ -105,6 +106,65 @@ class Dispatch:
         self._waiting.put_back(skipped)
         for name, entries in batches.items():
             self._send(self._links[name], entries)
+        self._take_back_queued()
+
+    def _take_back_queued(self: Distributor) -> None:
+        """A node with an idle slot while another holds due jobs queued: move them over.
+
+        Nothing left in the waiting line fits the idle node (it would have been sent there),
+        so the jobs queued on busy nodes beyond their slots are the only ones that could use
+        the slot; a long job must not wait behind another while a slot elsewhere is free.
+        """
+        idle = [link for link in self._links.values() if link.slots > 0 and link.idle_slots > 0]
+        if not idle:
+            return
+        free = sum(link.idle_slots for link in idle)
+        for link in self._links.values():
+            excess = len(link.load) - link.slots
+            if excess <= 0 or link.giving_back or link.gave_nothing or link in idle:
+                continue
+            candidates = []
+            for job_id in link.load:
+                entry = self._owned.get(job_id)
+                if (
+                    entry is not None
+                    and entry.node == link.name
+                    and any(self._may_run(entry.job, other.name) for other in idle)
+                ):
+                    candidates.append(job_id)
+            if not candidates:
+                continue
+            link.giving_back = True
+            asked = self._call(link, GiveBack, job_ids=candidates, count=min(excess, free))
+            asked.addCallbacks(
+                self._given_back, self._give_back_failed, callbackArgs=(link,), errbackArgs=(link,)
+            )
+            asked.addErrback(self._log_failure, "handling the answer to GiveBack")
+
+    def _may_run(self: Distributor, job: Job, node: str) -> bool:
+        if job.node is not None and job.node != node and self.config.always_use_specified_node:
+            return False
+        return job.allows(node) and self._runs(node, job.name)
+
+    def _given_back(self: Distributor, answer: dict[str, Any], link: _NodeLink) -> None:
+        # The jobs come back as handed_back reports (after this answer, on the same
+        # connection): they are requeued there, once, like those of a stopping node.
+        link.giving_back = False
+        given = answer.get("given_back")
+        # Found nothing unstarted (its excess is reports on their way): wait for a report.
+        link.gave_nothing = not given
+
+    def _give_back_failed(self: Distributor, failure: Failure, link: _NodeLink) -> None:
+        link.giving_back = False
+        if failure.check(internet_error.ConnectionClosed, defer.CancelledError):
+            return
+        # A node that does not know GiveBack: it gets no jobs beyond its slots from now on.
+        log.info(
+            "node {node} cannot give back queued jobs ({error}): it gets no more jobs than slots",
+            node=link.name,
+            error=printable(failure.getErrorMessage(), 200),
+        )
+        link.queue_limit = link.queue_allowance = 0
 
     def _choose(self: Distributor, job: Job, rooms: dict[str, int]) -> str | None:
         if job.node is not None:
@@ -112,14 +172,16 @@ class Dispatch:
                 return job.node
             if self.config.always_use_specified_node:
                 return None
+        # The node with the most idle slots first (a job there starts at once), then the
+        # one with the most room: queued jobs spread evenly over busy nodes.
         best = None
+        best_key = (0, 0)
+        links = self._links
         for name, room in rooms.items():
-            if (
-                job.allows(name)
-                and self._runs(name, job.name)
-                and (best is None or room > rooms[best])
-            ):
-                best = name
+            if job.allows(name) and self._runs(name, job.name):
+                key = (room - links[name].queue_allowance, room)
+                if best is None or key > best_key:
+                    best, best_key = name, key
         return best
 
     def _send(self: Distributor, link: _NodeLink, entries: list[_Entry]) -> None:
@@ -131,8 +193,10 @@ class Dispatch:
             entry.sent_to.add(link.name)
             if entry.job.run_at is None or entry.job.run_at <= later:
                 link.load.add(entry.job.id)  # it will take one of the node's slots
+        link.gave_nothing = False  # its load changed: a GiveBack may find jobs again
         for batch in in_boxes(entries, lambda entry: entry.size):
             sent = self._call(link, RunJobs, jobs=[entry.job.to_wire() for entry in batch])
+            sent.addCallback(self._timed, link, self._clock.seconds())
             self._in_flight.add(sent)
             sent.addBoth(self._landed, sent)
             sent.addCallbacks(
@@ -146,6 +210,10 @@ class Dispatch:
         except Exception as error:  # AMP raises TooLong and friends synchronously
             return fail(NotEncodable(printable(error, 300)))
         return result
+
+    def _timed(self: Distributor, answer: Any, link: _NodeLink, since: float) -> Any:
+        link.measure(round_trip=self._clock.seconds() - since)
+        return answer
 
     def _landed(self: Distributor, result: Any, sent: Deferred[Any]) -> Any:
         self._in_flight.discard(sent)

@@ -55,8 +55,12 @@ class OutcomeDesk:
                     error=printable(str(error), 300),
                 )
         foreign: list[str] = []
+        if reports:
+            link.gave_nothing = False  # its load changed: a GiveBack may find jobs again
         for report in reports:
             link.load.discard(report.job_id)
+            if report.duration is not None:
+                link.measure(duration=report.duration)
             entry = self._owned.get(report.job_id)
             if entry is None:
                 log.debug("ignoring a report for job {job_id}: not pending", job_id=report.job_id)

@@ -94,12 +94,53 @@ class _NodeLink:
     resting: bool = False
     #: The job names the node said in Hello it runs; None: it did not say (any name).
     jobs: frozenset[str] | None = None
+    #: Most due jobs the node may queue beyond its slots (``node_queue_limit``; 0 once the
+    #: node turned out not to know ``GiveBack``).
+    queue_limit: int = 0
+    #: Due jobs it may hold now beyond its slots: see :meth:`measure`.
+    queue_allowance: int = 0
+    #: Moving averages (seconds) of its job durations and of a ``RunJobs`` round trip.
+    mean_duration: float | None = None
+    round_trip: float | None = None
+    #: A ``GiveBack`` is under way.
+    giving_back: bool = False
+    #: The last ``GiveBack`` found nothing unstarted: none again until the load changes.
+    gave_nothing: bool = False
 
     @property
     def room(self) -> int:
         if self.leaving or self.resting:
             return 0
+        return self.slots + self.queue_allowance - len(self.load)
+
+    @property
+    def idle_slots(self) -> int:
+        """Slots that hold nothing sent to the node (a job sent there would start at once)."""
+        if self.leaving or self.resting:
+            return 0
         return self.slots - len(self.load)
+
+    def measure(self, duration: float | None = None, round_trip: float | None = None) -> None:
+        """Size the queue allowance from what the node's jobs cost against the round trip.
+
+        To keep ``slots`` busy while a report travels back and the next job comes, a node
+        needs ``slots * round_trip / duration`` jobs queued (Little's law); jobs as long as
+        the round trip need none, so long jobs never wait behind one another on one node.
+        """
+        if duration is not None:
+            self.mean_duration = (
+                duration
+                if self.mean_duration is None
+                else 0.9 * self.mean_duration + 0.1 * duration
+            )
+        if round_trip is not None:
+            self.round_trip = (
+                round_trip if self.round_trip is None else 0.8 * self.round_trip + 0.2 * round_trip
+            )
+        if self.mean_duration is None or self.round_trip is None:
+            return
+        wanted = self.slots * self.round_trip / max(self.mean_duration, 1e-6)
+        self.queue_allowance = min(self.queue_limit, int(wanted))
 
 
 @attrs.define(eq=False)

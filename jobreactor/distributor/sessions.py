@@ -319,7 +319,12 @@ class Sessions:
         if protocol._hello_timer is not None and protocol._hello_timer.active():
             protocol._hello_timer.cancel()
         protocol._hello_timer = None
-        link = _NodeLink(name=name, slots=slots, protocol=protocol)
+        link = _NodeLink(
+            name=name,
+            slots=slots,
+            protocol=protocol,
+            queue_limit=self.config.node_queue_limit if slots > 0 else 0,
+        )
         if job_names is not None:
             self._node_jobs(link, job_names)
         self._links[name] = link

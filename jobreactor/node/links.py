@@ -28,6 +28,7 @@ from jobreactor.model import Job, Report, encode_args
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
+    GiveBack,
     JobReactorAMP,
     JobsDone,
     Outcomes,
@@ -113,6 +114,12 @@ class NodeProtocol(JobReactorAMP):
         if not isinstance(job_ids, list):
             raise BadMessage("job_ids must be a list of job ids")
         return {"cancelled": self.node._cancel([str(job_id) for job_id in job_ids])}
+
+    @GiveBack.responder
+    def give_back(self, job_ids: Any, count: int) -> dict[str, Any]:
+        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
+            raise BadMessage("job_ids must be a list of job ids")
+        return {"given_back": self.node._give_back(self.link, job_ids, count)}
 
     @Outcomes.responder
     def outcomes(self, reports: Any) -> dict[str, Any]:

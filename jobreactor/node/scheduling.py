@@ -202,3 +202,29 @@ class Scheduling:
                 self._ready.remove(job_id)
             self._end(attrs.evolve(job, status=Status.CANCELLED), None, job.args)
         return cancelled
+
+    def _give_back(self: Node, link: _DistributorLink, job_ids: list[str], count: int) -> list[str]:
+        """Hand back up to ``count`` of these jobs from ``link`` that have not started.
+
+        A job queued for a slot here while another node has one idle should run there; a job
+        that has started (or is being stored, or waits for a later time) stays.
+        """
+        given: list[str] = []
+        now = self._clock.seconds()
+        for job_id in job_ids:
+            if len(given) >= count:
+                break
+            job = self._jobs.get(job_id)
+            if (
+                job is None
+                or job_id in self._running
+                or job_id in self._accepting
+                or job.distributor != link.endpoint
+                or (job.run_at is not None and job.run_at > now)
+            ):
+                continue
+            if job_id in self._ready:
+                self._ready.remove(job_id)
+            self._hand_back(job)
+            given.append(job_id)
+        return given
