@@ -331,6 +331,8 @@ def main() -> None:
             f"{found_remote['distributor us/job'] + found_remote['node us/job']:.0f} us",
             "<= 60 us",
         )
+        show("  of which the distributor", f"{found_remote['distributor us/job']:.0f} us", "")
+        show("  of which the node", f"{found_remote['node us/job']:.0f} us", "")
         show("CPU per job, client", f"{found_remote['client us/job']:.0f} us", "<= 20 us")
     if wanted("waiting"):
         count = 100_000 if options.quick else 1_000_000

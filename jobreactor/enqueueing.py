@@ -111,6 +111,21 @@ def build_job(
     ``after`` becomes an absolute ``run_at`` here, at enqueue time, so a job kept waiting on
     the distributor is not pushed later by the wait.
     """
+    return build_job_sized(
+        name, args, options, now=now, max_args_bytes=max_args_bytes, limits=limits
+    )[0]
+
+
+def build_job_sized(
+    name: str,
+    args: dict[str, Any] | None,
+    options: dict[str, Any],
+    *,
+    now: float,
+    max_args_bytes: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Job, int]:
+    """:func:`build_job`, and the bytes of the job's args as JSON (measured once, here)."""
     if not isinstance(name, str) or not name:
         raise InvalidJobError(f"a job name must be a non-empty string, not {name!r:.80}")
     check_name(name, "the job name", limits)
@@ -165,7 +180,7 @@ def build_job(
         if run_at is not None or period is not None:
             raise InvalidJobError("give cron or after/run_at/period, not both")
         run_at = workflow.pop("first_run_at")
-    return Job(
+    job = Job(
         id=str(uuid.uuid4()),
         name=name,
         # A fresh copy made of JSON: later changes by the caller do not reach the job.
@@ -182,6 +197,7 @@ def build_job(
         priority=priority,
         **workflow,
     )
+    return job, len(text)
 
 
 def workflow_options(options: dict[str, Any], now: float) -> dict[str, Any]:

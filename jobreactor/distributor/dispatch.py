@@ -190,7 +190,8 @@ class Dispatch:
             entry.node = link.name
             self._keep_node(entry)
             self.stats.sent(entry.job)
-            entry.sent_to.add(link.name)
+            if link.name not in entry.sent_to:
+                entry.sent_to += (link.name,)
             if entry.job.run_at is None or entry.job.run_at <= later:
                 link.load.add(entry.job.id)  # it will take one of the node's slots
         link.gave_nothing = False  # its load changed: a GiveBack may find jobs again

@@ -145,7 +145,8 @@ class OutcomeDesk:
         self._unique_release(entry, report)
         self._dependency_finished(entry, report)
         self._fire(entry, report)
-        entry.handle._settle(outcome)
+        if entry.handle is not None:
+            entry.handle._settle(outcome)
 
     def _fire(self: Distributor, entry: _Entry, report: Report) -> None:
         if entry.origin is not None:

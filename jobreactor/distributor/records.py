@@ -38,7 +38,8 @@ class _Entry:
     """A job the distributor owns, with the application's feedbacks and handle."""
 
     job: Job
-    handle: JobHandle
+    #: None for a job nobody in this process holds a handle to (a remote peer's job).
+    handle: JobHandle | None
     success: Feedback | None
     error: Feedback | None
     #: The node holding the job, or None while it waits here.
@@ -54,11 +55,11 @@ class _Entry:
     #: Order in which it was first owned (kept in storage; -1 until written).
     seq: int = -1
     #: Later enqueuers of the same ``unique_key`` (see :mod:`.unique`).
-    followers: list[Any] = attrs.Factory(list)
+    followers: tuple[Any, ...] = ()
     #: The authenticated user that enqueued it (None: this process, or no authentication).
     owner: str | None = None
     #: Every node it was sent to: only their reports and ``held`` lists count for it.
-    sent_to: set[str] = attrs.Factory(set)
+    sent_to: tuple[str, ...] = ()  # a tuple: most jobs go to one node (an empty set is 216 B)
     #: Reloaded by a restart, which does not know every node it was sent to: any node may
     #: still report it or keep it through ``held`` (rather than run it twice).
     sent_to_unknown: bool = False
@@ -181,10 +182,13 @@ def log_failure(failure: Failure, /, what: str, **fields: Any) -> None:
     log.failure("failure " + what, failure, **fields)
 
 
-def _job_size(job: Job) -> int:
+def _job_size(job: Job, args_bytes: int | None = None) -> int:
     """Bytes of a job's JSON form, at most: what it costs in memory and in a RunJobs box
     (boxes are cut by it; the node closes a connection whose box passes ``max_box_bytes``).
-    Texts count 6 bytes a character, the worst case of JSON's escapes."""
+    Texts count 6 bytes a character, the worst case of JSON's escapes. ``args_bytes``: the
+    args' JSON size where it was just measured (not encoded again)."""
     texts = [job.id, job.name, job.node or "", job.distributor or "", *job.not_node]
     texts += [job.last_error or "", job.last_error_type or ""]
-    return len(json.dumps(job.args, separators=(",", ":"))) + 400 + 6 * sum(map(len, texts))
+    if args_bytes is None:
+        args_bytes = len(json.dumps(job.args, separators=(",", ":")))
+    return args_bytes + 400 + 6 * sum(map(len, texts))

@@ -47,7 +47,7 @@ from jobreactor.distributor.routing import Routing
 from jobreactor.distributor.sessions import DistributorProtocol, Sessions
 from jobreactor.distributor.unique import EndedKey, UniqueJobs
 from jobreactor.distributor.views import ClusterViews
-from jobreactor.enqueueing import build_job, check_feedbacks
+from jobreactor.enqueueing import build_job_sized, check_feedbacks
 from jobreactor.errors import InvalidJobError, JobCancelled
 from jobreactor.handle import JobHandle
 from jobreactor.limits import Limits, printable
@@ -262,7 +262,7 @@ class Distributor(
         with the args as the node left them. Raises :class:`InvalidJobError` at once for a
         bad name, args or option.
         """
-        job = build_job(
+        job, args_bytes = build_job_sized(
             name,
             args,
             options,
@@ -270,7 +270,13 @@ class Distributor(
             max_args_bytes=self.config.max_args_bytes,
             limits=Limits.from_config(self.config),
         )
-        return self.submit(job, success=success, error=error)
+        owned = self._own(
+            job, success, error, self.new_handle(job), None, _job_size(job, args_bytes)
+        )
+        if isinstance(owned, JobHandle):
+            return owned
+        assert owned.handle is not None
+        return owned.handle
 
     def new_handle(self, job: Job, cancel: Callable[[JobHandle], None] | None = None) -> JobHandle:
         return JobHandle(job.id, job.name, cancel or self.cancel)
@@ -293,16 +299,36 @@ class Distributor(
         Raises :class:`QueueFullError` when the distributor holds ``max_waiting_jobs``
         (or ``max_waiting_bytes``) already. ``origin`` names the remote peer that sent it.
         """
+        owned = self._own(job, success, error, handle or self.new_handle(job), origin)
+        if isinstance(owned, JobHandle):
+            return owned
+        assert owned.handle is not None
+        return owned.handle
+
+    def _own(
+        self,
+        job: Job,
+        success: Feedback | None,
+        error: Feedback | None,
+        handle: JobHandle | None,
+        origin: str | None,
+        size: int | None = None,
+    ) -> JobHandle | _Entry:
+        """Own ``job``: its entry, or the handle of the job that holds its unique key.
+
+        ``handle`` None: nobody in this process can hold one (a remote peer's job), so none
+        is made (most of the memory of a waiting job was its handle).
+        """
         check_feedbacks(success, error)
         twin = self._unique_twin(job, success, error, origin)
         if twin is not None:
             return twin
         if job.id in self._owned:
             raise InvalidJobError(f"job id {job.id} is already queued")
-        size = _job_size(job)
+        if size is None:
+            size = _job_size(job)
         if origin is None:
             self._admission.check_local(size)
-        handle = handle or self.new_handle(job)
         entry = _Entry(
             job=job, handle=handle, success=success, error=error, size=size, origin=origin
         )
@@ -310,20 +336,28 @@ class Distributor(
         self._owned[job.id] = entry
         self._unique_claim(entry)
         self._keep_job(entry)
-        if self._ledger.durable:
+        if self._ledger.durable and handle is not None:
             handle._awaiting_acceptance()
             self._ledger.written().addCallbacks(lambda _: handle._accepted(), handle._accepted)
         self.stats.enqueued(job)
         if not self._awaits_dependencies(entry):
             self._queue_for(entry).append(entry)
         self._schedule_dispatch()
-        return handle
+        return entry
+
+    def _handle_of(self, entry: _Entry) -> JobHandle:
+        """The entry's handle, made now if nobody asked for one before (a remote job)."""
+        if entry.handle is None:
+            entry.handle = self.new_handle(entry.job)
+        return entry.handle
 
     def cancel(self, handle: JobHandle) -> None:
         """Stop the job of ``handle``: drop it if it waits here, else ask its node."""
         entry = self._owned.get(handle.id)
-        if entry is None:
-            return
+        if entry is not None:
+            self._cancel_entry(entry)
+
+    def _cancel_entry(self, entry: _Entry) -> None:
         if entry.node is None:
             self._unqueue(entry)
             self._finish(entry, None, Failure(JobCancelled(entry.job.id, entry.job.name)))
@@ -377,17 +411,18 @@ class Distributor(
             if job.id in self._owned:  # twice in one box
                 accepted.append(job.id)
                 continue
-            full = full or self._admission.full(link.name, 1, _job_size(job))
+            size = _job_size(job)
+            full = full or self._admission.full(link.name, 1, size)
             if full is not None:
                 # Past a cap: this job (and the rest) stay with the sender, who offers them
                 # again later; the distributor stops reading from it until its jobs drain.
                 rejected.append({"id": job.id, "error": f"queue full: {full}", "queue_full": True})
                 continue
-            handle = self.submit(job, origin=link.name)
-            if handle.id != job.id:  # a unique key's existing job: the sender follows it
-                merged[job.id] = handle.id
-            if handle.id == job.id:
-                self._owned[job.id].owner = owner
+            owned = self._own(job, None, None, None, link.name, size)
+            if isinstance(owned, JobHandle):  # a unique key's existing job: the sender follows it
+                merged[job.id] = owned.id
+            else:
+                owned.owner = owner
             accepted.append(job.id)
         if full is not None:
             self._admission.pause(link.name, link.protocol)
@@ -422,7 +457,7 @@ class Distributor(
                 )
                 continue
             cancelled.append(job_id)
-            self.cancel(entry.handle)
+            self._cancel_entry(entry)
         return cancelled
 
     async def _write_last(self) -> None:

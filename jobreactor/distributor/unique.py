@@ -71,7 +71,7 @@ class UniqueJobs:
         holder = self._owned.get(self._unique_owned.get(key, ""))
         if holder is not None and holder.job.id != job.id:
             if origin is None or origin != holder.origin:
-                holder.followers.append(Follower(origin, success, error))
+                holder.followers += (Follower(origin, success, error),)
                 self._keep_job(holder)
             log.info(
                 "job {job_id} ({name}) has unique key {key}: it is job {existing}",
@@ -80,7 +80,7 @@ class UniqueJobs:
                 key=key,
                 existing=holder.job.id,
             )
-            return holder.handle
+            return self._handle_of(holder)
         ended = self._unique_ended.get(key)
         if ended is None or ended.job.id == job.id:
             return None
@@ -164,4 +164,4 @@ def follower_records(entry: _Entry) -> list[str]:
 
 
 def restore_followers(entry: _Entry, record: dict[str, Any]) -> None:
-    entry.followers = [Follower(str(origin)) for origin in record.get("followers") or []]
+    entry.followers = tuple(Follower(str(origin)) for origin in record.get("followers") or [])

@@ -141,7 +141,7 @@ def stored_job(harness: Harness, label: str, **options: Any) -> Job:
     """A job the distributor knows and waits to place, as a node would have stored it: sent
     to the node ``worker`` before (a node may keep through ``held`` only jobs sent to it)."""
     handle = harness.distributor.enqueue("work", {"label": label}, **options)
-    harness.distributor._owned[handle.id].sent_to.add("worker")
+    harness.distributor._owned[handle.id].sent_to += ("worker",)
     waiting = harness.distributor._owned[handle.id].job
     return attrs.evolve(waiting, status=Status.QUEUED, distributor=ENDPOINT)
 

@@ -68,7 +68,9 @@ async def test_dependents_wait_again_after_a_restart(tmp_path: Path) -> None:
     try:
         await deferLater(reactor, 0.05, lambda: None)
         assert second.blocked == 1 and second.waiting == 2  # c waits for a and gone again
-        second.cancel(second._owned[gone.id].handle)
+        restored = second._owned[gone.id].handle
+        assert restored is not None
+        second.cancel(restored)
         await deferLater(reactor, 0.05, lambda: None)
         assert c.id not in second._owned
         stored = await second.outcome(c.id)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 
 from jobreactor import InvalidJobError, Job, Status
-from jobreactor.model import Report
+from jobreactor.model import WORKFLOW_FIELDS, Report
 
 
 def full_job() -> Job:
@@ -220,3 +221,24 @@ def test_a_malformed_report_is_refused_naming_the_field(change: dict[str, Any], 
 def test_a_report_must_be_an_object() -> None:
     with pytest.raises(InvalidJobError, match="must be a JSON object, not list"):
         Report.from_wire([])
+
+
+def test_the_wire_form_has_every_field_and_leaves_out_only_unset_workflow_fields() -> None:
+    """to_wire is written out by hand (for speed): a field added to Job must reach it."""
+    plain = Job(id="j1", name="n", args={"a": 1}, not_node=("x",))
+    wire = plain.to_wire()
+    every = {field.name for field in attrs.fields(Job)}
+    assert set(wire) == every - set(WORKFLOW_FIELDS)
+    assert Job.from_wire(through_json(wire)) == plain
+    full = attrs.evolve(
+        plain,
+        unique_key="k",
+        unique_for=5.0,
+        cron="*/5 * * * *",
+        timezone="UTC",
+        missed="skip",
+        depends_on=("a", "b"),
+        on_dependency_failure="run",
+    )
+    assert set(full.to_wire()) == every
+    assert Job.from_wire(through_json(full.to_wire())) == full
