@@ -64,9 +64,18 @@ class Outcome:
 
     @classmethod
     def from_report(
-        cls, name: str, report: Report, finished_at: float, job: dict[str, Any]
+        cls,
+        name: str,
+        report: Report,
+        finished_at: float,
+        job: dict[str, Any],
+        *,
+        origin: str | None = None,
+        handled: str = HANDLER_PENDING,
     ) -> Outcome:
         return cls(
+            origin=origin,
+            handled=handled,
             job_id=report.job_id,
             name=name,
             status=OUTCOME_STATUS.get(report.status, report.status.value),

@@ -152,12 +152,12 @@ class Keeping:
 
     def _keep_outcome(self: Distributor, entry: _Entry, report: Report) -> Outcome:
         """Write the final outcome (and forget the job) in one batch; start its handlers."""
+        handlers = self.handlers.for_name(entry.job.name)
         outcome = Outcome.from_report(
-            entry.job.name, report, self._clock.seconds(), entry.job.to_wire()
-        )
-        handlers = self.handlers.for_name(outcome.name)
-        outcome = attrs.evolve(
-            outcome,
+            entry.job.name,
+            report,
+            self._clock.seconds(),
+            entry.job.to_wire(),
             origin=entry.origin,
             handled=HANDLER_PENDING if handlers else HANDLER_DONE,
         )

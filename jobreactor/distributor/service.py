@@ -401,11 +401,11 @@ class Distributor(
                 accepted.append(job.id)  # finished already: its outcome is on its way
                 continue
             # A sender cannot choose how many runs or attempts a job has had (§4.5).
-            fresh.append(
-                attrs.evolve(
+            if job.status is not Status.NEW or job.run or job.attempt or not job.enqueued_at:
+                job = attrs.evolve(
                     job, status=Status.NEW, run=0, attempt=0, enqueued_at=job.enqueued_at or now
                 )
-            )
+            fresh.append(job)
         full = None
         for job in fresh:
             if job.id in self._owned:  # twice in one box
