@@ -24,7 +24,7 @@ from jobreactor.client import Submitter
 from jobreactor.dialing import DialReport, check_client_endpoint
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
 from jobreactor.login import say_hello
-from jobreactor.model import Job, Report, encode_args
+from jobreactor.model import Job, Report, Status, encode_args
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
@@ -280,6 +280,7 @@ class Links:
         *,
         final: bool,
         args: dict[str, Any],
+        status: Status | None = None,
         error: str | None = None,
         error_type: str | None = None,
         traceback: str | None = None,
@@ -287,7 +288,7 @@ class Links:
         report = Report(
             job.id,
             job.run,
-            job.status,
+            job.status if status is None else status,
             feedback,
             final,
             args,
