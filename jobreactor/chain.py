@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from twisted.python.threadpool import ThreadPool
 
 from jobreactor.definitions import JobDefinition, JobFunction
 from jobreactor.errors import CancelJob
+from jobreactor.model import flat_json
 
 Args = dict[str, Any]
 Step = tuple[str, JobFunction]
@@ -104,29 +104,8 @@ def _json_problems(args: Args) -> list[str]:
     return problems
 
 
-#: Beyond this, an int may be too long for ``json.dumps`` (``sys.set_int_max_str_digits``).
-_SAFE_INT = 10**18
-
 #: Types whose values a copy may share: a dict of only these is copied by ``dict(args)``.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
-
-
-def _flat_json(args: Args) -> bool:
-    """Whether ``args`` is surely JSON without encoding it: string keys, plain scalar values
-    (the usual args). False means "encode to know"."""
-    for key, value in args.items():
-        kind = type(value)
-        if type(key) is not str:
-            return False
-        if kind is str or kind is bool or value is None or key == "job_itself":
-            continue
-        if kind is int:
-            if -_SAFE_INT < value < _SAFE_INT:
-                continue
-        elif kind is float and math.isfinite(value):
-            continue
-        return False
-    return True
 
 
 def _copy_args(args: Args) -> Args:
@@ -143,7 +122,7 @@ def _copy_args(args: Args) -> Args:
 
 
 def _check_json(args: Args) -> Args:
-    if _flat_json(args):
+    if "job_itself" not in args and flat_json(args):
         return args
     problems = _json_problems(args)
     if problems:

@@ -52,7 +52,12 @@ class Scheduling:
             return defer.succeed({"accepted": [], "parked": [], "rejected": rejected})
         for raw in raw_jobs:
             try:
-                job = Job.from_wire(raw, link.protocol.limits if link.protocol else DEFAULT_LIMITS)
+                job = Job.from_wire(
+                    raw,
+                    link.protocol.limits if link.protocol else DEFAULT_LIMITS,
+                    status=Status.QUEUED,
+                    distributor=link.endpoint,
+                )
             except InvalidJobError as error:
                 job_id = raw.get("id") if isinstance(raw, dict) else None
                 if not isinstance(job_id, str) or len(job_id) > DEFAULT_LIMITS.max_name_length:
@@ -62,7 +67,7 @@ class Scheduling:
             if job.id in self._jobs or job.id in self._accepting:
                 accepted.append(job.id)  # sent twice (e.g. after a reconnect): already held
                 continue
-            fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
+            fresh.append(job)
 
         self._accepting.update(job.id for job in fresh)
         saves = [self.storage.save(self.node_name, job) for job in fresh]
