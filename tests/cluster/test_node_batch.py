@@ -48,7 +48,7 @@ def test_a_box_of_jobs_due_now_starts_on_one_timer_each_saved_as_started_first()
                 starting_timers.append(delay)
             return real_call_later(delay, function, *args, **kw)
 
-        cluster.clock.callLater = counting  # type: ignore[method-assign]
+        cluster.clock.callLater = counting  # type: ignore[method-assign,assignment]
         done: list[dict[str, Any]] = []
         handles = [
             cluster.distributor.enqueue("note", {"n": n}, success=done.append) for n in range(20)
