@@ -7,6 +7,11 @@ added is not seen there). For a ``defer=True`` job the same steps run in a threa
 node's own pool, so a blocking job never stalls the reactor; there a step must be a plain
 function (a Deferred or a coroutine has no reactor thread to run in).
 
+Steps that return plain values are called directly, one after the other, with no Deferred:
+most jobs neither wait nor fail, and a node runs a burst of them at the cost of plain calls
+(:func:`run_attempt_now`). The first step that returns a Deferred or a coroutine, or raises,
+hands the rest to the chain, which behaves exactly as if it had held every step.
+
 The args an attempt ends with go back to the distributor as JSON, so they must stay
 JSON-serializable: a job that leaves, say, a ``datetime`` in them fails that attempt with a
 ``TypeError`` naming the key (rather than breaking the report of every job sent with it).
