@@ -7,6 +7,11 @@ added is not seen there). For a ``defer=True`` job the same steps run in a threa
 node's own pool, so a blocking job never stalls the reactor; there a step must be a plain
 function (a Deferred or a coroutine has no reactor thread to run in).
 
+Steps that return plain values are called directly, one after the other, with no Deferred:
+most jobs neither wait nor fail, and a node runs a burst of them at the cost of plain calls
+(:func:`run_attempt_now`). The first step that returns a Deferred or a coroutine, or raises,
+hands the rest to the chain, which behaves exactly as if it had held every step.
+
 The args an attempt ends with go back to the distributor as JSON, so they must stay
 JSON-serializable: a job that leaves, say, a ``datetime`` in them fails that attempt with a
 ``TypeError`` naming the key (rather than breaking the report of every job sent with it).
@@ -22,7 +27,7 @@ from typing import Any, Literal
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -30,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 
 from jobreactor.definitions import JobDefinition, JobFunction
 from jobreactor.errors import CancelJob
+from jobreactor.model import flat_json
 
 Args = dict[str, Any]
 Step = tuple[str, JobFunction]
@@ -103,7 +109,26 @@ def _json_problems(args: Args) -> list[str]:
     return problems
 
 
+#: Types whose values a copy may share: a dict of only these is copied by ``dict(args)``.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _copy_args(args: Args) -> Args:
+    """A copy of ``args`` that nothing else holds: a dict of strings, numbers, booleans and
+    None (the usual args) is copied flat, a fraction of the cost of ``copy.deepcopy``, which
+    copies anything else."""
+    if type(args) is dict:
+        for key, value in args.items():
+            if type(key) is not str or type(value) not in _IMMUTABLE:
+                break
+        else:
+            return args.copy()
+    return copy.deepcopy(args)
+
+
 def _check_json(args: Args) -> Args:
+    if "job_itself" not in args and flat_json(args):
+        return args
     problems = _json_problems(args)
     if problems:
         described = ", ".join(f"{key!r} holds {type(args[key]).__name__}" for key in problems)
@@ -121,12 +146,14 @@ def _make_reportable(args: Args) -> None:
         args[key if isinstance(key, str) else repr(key)] = repr(value)[:1000]
 
 
-def _chain(steps: Sequence[Step], args: Args) -> Deferred[Args]:
+def _chain_after(first: Deferred[Any], steps: Sequence[Step]) -> Deferred[Args]:
+    """The rest of an attempt once a step returned ``first``: wait for it, then ``steps``."""
     chain: Deferred[Args] = Deferred()
+    chain.addCallback(lambda _: first)  # chained: cancelling the chain cancels ``first``
     for _, step in steps:
         chain.addCallback(_call_step_with, step)
     chain.addCallback(_check_json)
-    chain.callback(args)
+    chain.callback({})
     return chain
 
 
@@ -218,36 +245,113 @@ def run_attempt(
 ) -> Deferred[AttemptOutcome]:
     """Run one attempt of ``definition`` on ``args``; the Deferred never fails.
 
-    ``args`` is not changed: the attempt works on a copy. ``job_itself`` (the job's own
-    record) is visible to every step and errback under ``args["job_itself"]`` and removed
-    from the outcome's args. With ``threadpool`` the steps and errbacks run in that pool
-    (``reactor`` delivers the results back).
+    ``args`` is not changed: the attempt works on a copy (the caller must not change it
+    either until the attempt has ended: the errbacks start from it). ``job_itself`` (the
+    job's own record) is visible to every step and errback under ``args["job_itself"]`` and
+    removed from the outcome's args. With ``threadpool`` the steps and errbacks run in that
+    pool (``reactor`` delivers the results back).
 
     Cancelling the returned Deferred ends the attempt at once as ``"cancelled"`` without
     running the errbacks: a step's pending Deferred is cancelled, but a thread that is
     running is not stopped (its result is ignored), and errbacks already running finish on
     their own.
     """
+    outcome = run_attempt_now(
+        definition,
+        args,
+        clock=clock,
+        job_itself=job_itself,
+        timeout=timeout,
+        threadpool=threadpool,
+        reactor=reactor,
+    )
+    return outcome if isinstance(outcome, Deferred) else succeed(outcome)
+
+
+def run_attempt_now(
+    definition: JobDefinition,
+    args: Args,
+    *,
+    clock: IReactorTime,
+    job_itself: dict[str, Any] | None = None,
+    timeout: float | None = None,
+    threadpool: ThreadPool | None = None,
+    reactor: IReactorThreads | None = None,
+) -> AttemptOutcome | Deferred[AttemptOutcome]:
+    """:func:`run_attempt`, but an attempt that ended at once gives its outcome itself.
+
+    The steps run here one after the other while each returns a plain value: a job and
+    callbacks that neither wait nor fail (most jobs) cost no Deferred, so a node runs a
+    burst of them in one reactor turn at the cost of plain calls. The first step that
+    returns a Deferred or a coroutine, a step that raises, and a ``defer=True`` job go on
+    as :func:`run_attempt`'s Deferred chain, with the same timeout, errbacks and cancel.
+    """
     function = definition.function
     if function is None:
         raise ValueError(f"job {definition.name!r} has callbacks or errbacks but no function")
     if threadpool is not None and reactor is None:
         raise ValueError("run_attempt needs reactor= to run a job in a thread pool")
-    start_args = copy.deepcopy(args)
-    work_args = copy.deepcopy(args)
+    work_args = _copy_args(args)
     if job_itself is not None:
         work_args["job_itself"] = copy.deepcopy(job_itself)
     steps: list[Step] = [(definition.name, function), *definition.callbacks]
+    if threadpool is not None:
+        chain: Deferred[Args] = _in_thread(
+            reactor, threadpool, _run_steps_in_thread, steps, work_args
+        )
+        return _settle(
+            chain, definition, args, work_args, job_itself, timeout, clock, threadpool, reactor
+        )
+    for index, (_, step) in enumerate(steps):
+        try:
+            result = step(work_args)
+        except BaseException:  # as a Deferred's callback would: KeyboardInterrupt too
+            chain = fail(Failure(captureVars=Deferred.debug))
+            break
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            chain = _chain_after(result.addCallback(_merge, work_args), steps[index + 1 :])
+            break
+        _merge(result, work_args)
+    else:
+        try:
+            _check_json(work_args)
+        except BaseException:
+            chain = fail(Failure(captureVars=Deferred.debug))
+        else:
+            _drop_itself(work_args, job_itself)
+            return AttemptOutcome("success", work_args, "success")
+    return _settle(
+        chain, definition, args, work_args, job_itself, timeout, clock, threadpool, reactor
+    )
+
+
+def _in_thread(
+    reactor: IReactorThreads | None, threadpool: ThreadPool | None, function: Any, *arguments: Any
+) -> Deferred[Any]:
+    return deferToThreadPool(reactor, threadpool, function, *arguments)  # type: ignore[arg-type]
+
+
+def _settle(
+    chain: Deferred[Args],
+    definition: JobDefinition,
+    start_args: Args,
+    work_args: Args,
+    job_itself: dict[str, Any] | None,
+    timeout: float | None,
+    clock: IReactorTime,
+    threadpool: ThreadPool | None,
+    reactor: IReactorThreads | None,
+) -> Deferred[AttemptOutcome]:
+    """The outcome of an attempt whose steps go on in ``chain``: timeout, errbacks, cancel."""
     cancelled_by_caller = False
     errbacks_started = False
-
-    def in_thread(function: Any, *arguments: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, threadpool, function, *arguments)  # type: ignore[arg-type]
 
     def cancelled_outcome() -> AttemptOutcome:
         return AttemptOutcome(
             "cancelled",
-            copy.deepcopy(start_args),
+            _copy_args(start_args),
             "error",
             "the attempt was cancelled",
             "CancelledError",
@@ -267,7 +371,7 @@ def run_attempt(
             return AttemptOutcome("cancelled", work_args, "success")
         error, error_type = _describe(failure, timeout)
         trace = _traceback_text(failure, timeout)
-        errback_args = copy.deepcopy(start_args)
+        errback_args = _copy_args(start_args)
         errback_args.update(error=error, error_type=error_type)
         if job_itself is not None:
             errback_args["job_itself"] = copy.deepcopy(job_itself)
@@ -275,7 +379,9 @@ def run_attempt(
         pending: Deferred[bool] = (
             Deferred.fromCoroutine(_run_errbacks(definition.errbacks, errback_args))
             if threadpool is None
-            else in_thread(_run_errbacks_in_thread, definition.errbacks, errback_args)
+            else _in_thread(
+                reactor, threadpool, _run_errbacks_in_thread, definition.errbacks, errback_args
+            )
         )
 
         def finish(cancelled: bool) -> AttemptOutcome:
@@ -293,7 +399,7 @@ def run_attempt(
     def broke(failure: Failure) -> AttemptOutcome:
         # Only a bug in this module gets here; the promise is still an outcome.
         error, error_type = _describe(failure, None)
-        return AttemptOutcome("error", copy.deepcopy(start_args), "error", error, error_type)
+        return AttemptOutcome("error", _copy_args(start_args), "error", error, error_type)
 
     def deliver(result: AttemptOutcome) -> None:
         if not outcome.called:
@@ -310,11 +416,6 @@ def run_attempt(
             outcome.callback(cancelled_outcome())
 
     outcome: Deferred[AttemptOutcome] = Deferred(cancel)
-    chain: Deferred[Args] = (
-        _chain(steps, work_args)
-        if threadpool is None
-        else in_thread(_run_steps_in_thread, steps, work_args)
-    )
     if timeout is not None:
         chain.addTimeout(timeout, clock)
     chain.addCallbacks(succeeded, failed).addErrback(broke).addCallback(deliver)

@@ -124,6 +124,29 @@ def _check_structure(args: dict[str, Any], max_depth: int = DEFAULT_LIMITS.max_d
             )
 
 
+#: Beyond this, an int may be too long for ``json.dumps`` (``sys.set_int_max_str_digits``).
+_SAFE_INT = 10**18
+
+
+def flat_json(args: dict[Any, Any]) -> bool:
+    """Whether ``args`` surely travels as JSON, without encoding it: string keys and plain
+    values (strings, booleans, None, finite numbers), the usual args. False only means
+    "encode to know"; nothing is nested, so no depth limit can be passed either."""
+    for key, value in args.items():
+        kind = type(value)
+        if type(key) is not str:
+            return False
+        if kind is str or kind is bool or value is None:
+            continue
+        if kind is int:
+            if -_SAFE_INT < value < _SAFE_INT:
+                continue
+        elif kind is float and math.isfinite(value):
+            continue
+        return False
+    return True
+
+
 def encode_args(
     args: Any, limit: int, max_depth: int = DEFAULT_LIMITS.max_depth, *, parsed: bool = False
 ) -> str:
@@ -315,17 +338,25 @@ class Job:
         return data
 
     @classmethod
-    def from_wire(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> Job:
+    def from_wire(
+        cls,
+        data: Any,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        status: Status | None = None,
+        distributor: str | None = None,
+    ) -> Job:
         """Build a job from its wire form, naming the first field that is wrong.
 
         Every field is checked against ``limits``, the args too (depth, size, Unicode), so
-        a job this accepts is one every node with the same settings can start.
+        a job this accepts is one every node with the same settings can start. ``status``
+        and ``distributor``, if given, replace the checked values: the receiver's own (a
+        node's "queued" and its link), one record built rather than a second by ``evolve``.
         """
         if not isinstance(data, dict):
             raise InvalidJobError(f"a job must be a JSON object, not {type(data).__name__}")
-        known = attrs.fields_dict(cls)
-        unknown = sorted(set(data) - set(known))
-        if unknown:
+        if not _JOB_FIELDS.issuperset(data):
+            unknown = sorted(set(data) - _JOB_FIELDS)
             raise InvalidJobError(f"unknown job field(s): {', '.join(unknown)}")
         for required in ("id", "name", "args"):
             if required not in data:
@@ -387,6 +418,10 @@ class Job:
         if not isinstance(values.get("defer", False), bool):
             # bool("false") is True: a lenient reading would run the job in a thread.
             raise InvalidJobError("job field 'defer' must be true or false")
+        if status is not None:
+            values["status"] = status
+        if distributor is not None:
+            values["distributor"] = distributor
         return cls(**values)
 
     @property
@@ -396,6 +431,10 @@ class Job:
     def allows(self, node_name: str) -> bool:
         """Whether routing may send this job to ``node_name`` at all."""
         return node_name not in self.not_node
+
+
+#: The fields a job's wire form may have.
+_JOB_FIELDS = frozenset(attrs.fields_dict(Job))
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ from jobreactor.client import Submitter
 from jobreactor.dialing import DialReport, check_client_endpoint
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
 from jobreactor.login import say_hello
-from jobreactor.model import Job, Report, encode_args
+from jobreactor.model import Job, Report, Status, encode_args, flat_json
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 #: A report bigger than this (args grown by the job) goes back with an error instead.
 MAX_REPORT_BYTES = 12 * 1024 * 1024
+
+#: ``json.dumps(..., separators=(",", ":"), allow_nan=False)``, built once.
+_REPORT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def endpoint_description(address: str | tuple[str, int]) -> str:
@@ -70,9 +73,20 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
     trace = data.get("traceback")
     if isinstance(trace, str) and len(trace) > limits.max_error_length:
         data["traceback"] = "[...cut] " + trace[-(limits.max_error_length - 9) :]  # its end
+    limit = min(limits.max_args_bytes, MAX_REPORT_BYTES)
+    if limits.max_depth >= 1 and flat_json(report.args):
+        # Plain args need no walk: one encoding of the whole report gives its size, and
+        # bounds the args' (within the limit) and their Unicode (no escaped surrogate).
+        try:
+            text = _REPORT_JSON.encode(data)
+        except (TypeError, ValueError, RecursionError):
+            pass  # an error text JSON cannot carry? the full checks below say
+        else:
+            if len(text) <= limit and "\\ud" not in text:
+                return data, len(text)
     try:
-        encode_args(report.args, min(limits.max_args_bytes, MAX_REPORT_BYTES), limits.max_depth)
-        size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
+        encode_args(report.args, limit, limits.max_depth)
+        size = len(_REPORT_JSON.encode(data))
     except (TypeError, ValueError, RecursionError) as error:
         message = cut_error_text(f"the job's args could not be sent: {error}", limits)
         data["args"] = {"error": message}
@@ -287,6 +301,7 @@ class Links:
         *,
         final: bool,
         args: dict[str, Any],
+        status: Status | None = None,
         error: str | None = None,
         error_type: str | None = None,
         traceback: str | None = None,
@@ -294,7 +309,7 @@ class Links:
         report = Report(
             job.id,
             job.run,
-            job.status,
+            job.status if status is None else status,
             feedback,
             final,
             args,

@@ -1,8 +1,11 @@
 # mypy: disable-error-code="misc"
 # (mixin methods take ``self: Node``, a subclass of their own class, on purpose)
-"""Running: one attempt of a job as a Deferred chain, then retry, reschedule or end.
+"""Running: one attempt of a job, then retry, reschedule or end.
 
-Each state change is saved before the report that describes it is sent.
+An attempt that ends at once (plain functions that neither wait nor fail) runs as plain
+calls, with no Deferred; one that waits or fails goes on as a Deferred chain (see
+:mod:`jobreactor.chain`). Each state change is saved before the report that describes it is
+sent.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from twisted.logger import Logger
 
-from jobreactor.chain import AttemptOutcome, run_attempt
+from jobreactor.chain import AttemptOutcome
+from jobreactor.chain import run_attempt_now as run_attempt  # an outcome, or a Deferred of one
 from jobreactor.cron import next_run
 from jobreactor.definitions import JobDefinition
 from jobreactor.limits import printable
@@ -38,10 +42,14 @@ class Running:
         )
         self._jobs[job.id] = job
         saved = self.storage.save(self.node_name, job)
-        saved.addErrback(self._log_failure, "saving job {job_id}", job_id=job.id)
         # Until the attempt runs, this placeholder holds the slot; a cancel arriving while
         # the save is under way is honoured when it ends (the save itself is not cut short).
-        self._running[job.id] = self._starting[job.id] = saved
+        self._running[job.id] = saved
+        if saved.called and saved.result is None:
+            self._run(job)  # already written (memory storage): no callback to wait for
+            return
+        self._starting[job.id] = saved
+        saved.addErrback(self._log_failure, "saving job {job_id}", job_id=job.id)
 
         def saved_then_run(_: Any) -> None:
             self._starting.pop(job.id, None)
@@ -80,6 +88,9 @@ class Running:
             return
         finally:
             _current_node.reset(token)
+        if isinstance(attempt, AttemptOutcome):  # it ended at once
+            self._attempt_done(attempt, job.id, definition)
+            return
         self._running[job.id] = attempt
         attempt.addErrback(lambda failure: self._not_started(job, failure.value))
         attempt.addCallback(self._attempt_done, job.id, definition)
@@ -153,7 +164,7 @@ class Running:
             self._hand_back(job)
         elif job_id in self._cancelling:
             self._cancelling.discard(job_id)
-            self._end(attrs.evolve(job, status=Status.CANCELLED), None, outcome.args)
+            self._end(job, Status.CANCELLED, None, outcome.args)
         elif outcome.kind == "success" and (job.period is not None or job.cron is not None):
             next_at = now + job.period if job.period is not None else next_run(job, now)
             after_run = attrs.evolve(
@@ -162,11 +173,7 @@ class Running:
             self._keep(after_run)
             self._report(after_run, "success", final=False, args=outcome.args)
         elif outcome.kind == "success":
-            self._end(
-                attrs.evolve(job, status=Status.COMPLETE, args=outcome.args),
-                "success",
-                outcome.args,
-            )
+            self._end(job, Status.COMPLETE, "success", outcome.args, store_args=True)
         elif outcome.kind == "cancelled":
             log.info(
                 "job {job_id} ({job_name}) cancelled itself on node {node} (attempt {attempt})",
@@ -176,7 +183,8 @@ class Running:
                 attempt=job.attempt,
             )
             self._end(
-                attrs.evolve(job, status=Status.CANCELLED),
+                job,
+                Status.CANCELLED,
                 outcome.feedback,
                 outcome.args,
                 error=outcome.error,
@@ -220,7 +228,8 @@ class Running:
                     error=outcome.error,
                 )
                 self._end(
-                    attrs.evolve(failed, status=Status.FAILED),
+                    failed,
+                    Status.FAILED,
                     "error",
                     outcome.args,
                     error=outcome.error,
@@ -240,28 +249,38 @@ class Running:
     def _end(
         self: Node,
         job: Job,
+        status: Status,
         feedback: str | None,
         args: dict[str, Any],
         *,
+        store_args: bool = False,
         error: str | None = None,
         error_type: str | None = None,
         traceback: str | None = None,
     ) -> None:
+        """End ``job`` with the final ``status``: its record is removed or kept (with
+        ``args`` if ``store_args``, else its own), and its report sent."""
         self._forget(job.id)
         remove = {
             Status.COMPLETE: self.config.remove_done_jobs,
             Status.CANCELLED: self.config.remove_cancelled_jobs,
             Status.FAILED: self.config.remove_failed_jobs,
-        }[job.status]
-        stored = (
-            self.storage.remove(self.node_name, job.id)
-            if remove
-            else self.storage.save(self.node_name, job)
-        )
-        stored.addErrback(self._log_failure, "storing the end of job {job_id}", job_id=job.id)
+        }[status]
+        if remove:  # no final record to build
+            stored = self.storage.remove(self.node_name, job.id)
+        else:
+            final = (
+                attrs.evolve(job, status=status, args=args)
+                if store_args
+                else attrs.evolve(job, status=status)
+            )
+            stored = self.storage.save(self.node_name, final)
+        if not stored.called or stored.result is not None:  # pending, or failed
+            stored.addErrback(self._log_failure, "storing the end of job {job_id}", job_id=job.id)
         self._report(
             job,
             feedback,
+            status=status,
             final=True,
             args=args,
             error=error,

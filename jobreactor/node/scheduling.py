@@ -2,7 +2,8 @@
 # (mixin methods take ``self: Node``, a subclass of their own class, on purpose)
 """Scheduling: accepting jobs (stored before acknowledged), timers, slots, cancels.
 
-Every wait is a timer on the injected clock (``callLater``); nothing polls.
+Every wait is a timer on the injected clock (``callLater``); nothing polls. Jobs due now
+share one: they start together on the next reactor turn, a burst of them in one call.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Scheduling:
     """Taking, timing and dropping jobs (mixed into :class:`Node`)."""
 
     _ready_call: IDelayedCall | None
+    _due_call: IDelayedCall | None
+    _due_now: dict[str, None]
 
     def _accept(self: Node, link: _DistributorLink, raw_jobs: Any) -> Deferred[dict[str, Any]]:
         if not isinstance(raw_jobs, list):
@@ -49,7 +52,12 @@ class Scheduling:
             return defer.succeed({"accepted": [], "parked": [], "rejected": rejected})
         for raw in raw_jobs:
             try:
-                job = Job.from_wire(raw, link.protocol.limits if link.protocol else DEFAULT_LIMITS)
+                job = Job.from_wire(
+                    raw,
+                    link.protocol.limits if link.protocol else DEFAULT_LIMITS,
+                    status=Status.QUEUED,
+                    distributor=link.endpoint,
+                )
             except InvalidJobError as error:
                 job_id = raw.get("id") if isinstance(raw, dict) else None
                 if not isinstance(job_id, str) or len(job_id) > DEFAULT_LIMITS.max_name_length:
@@ -59,7 +67,7 @@ class Scheduling:
             if job.id in self._jobs or job.id in self._accepting:
                 accepted.append(job.id)  # sent twice (e.g. after a reconnect): already held
                 continue
-            fresh.append(attrs.evolve(job, status=Status.QUEUED, distributor=link.endpoint))
+            fresh.append(job)
 
         self._accepting.update(job.id for job in fresh)
         saves = [self.storage.save(self.node_name, job) for job in fresh]
@@ -90,12 +98,31 @@ class Scheduling:
                 self._clock.callLater(0, self._cancel, cancels)  # after the answer goes out
             return {"accepted": accepted, "parked": parked, "rejected": rejected}
 
+        if all(saved.called and saved.result is None for saved in saves):
+            # All written already (memory storage): no DeferredList to wait on.
+            return defer.succeed(stored([(True, None)] * len(saves)))
         return DeferredList(saves, consumeErrors=True).addCallback(stored)
 
     def _hold(self: Node, job: Job) -> None:
         self._jobs[job.id] = job
-        delay = 0.0 if job.run_at is None else max(0.0, job.run_at - self._clock.seconds())
-        self._timers[job.id] = self._clock.callLater(delay, self._due, job.id)
+        if job.run_at is not None:
+            delay = job.run_at - self._clock.seconds()
+            if delay > 0:
+                self._due_now.pop(job.id, None)
+                self._timers[job.id] = self._clock.callLater(delay, self._due, job.id)
+                return
+        # Due now: one call on the next turn starts it with every other job due now (a
+        # timer each would cost a heap entry and a reactor wake-up per job).
+        self._due_now[job.id] = None
+        if self._due_call is None:
+            self._due_call = self._clock.callLater(0, self._start_due)
+
+    def _start_due(self: Node) -> None:
+        self._due_call = None
+        due = self._due_now
+        self._due_now = {}  # those held while these start are the next turn's
+        for job_id in due:
+            self._due(job_id)
 
     def _due(self: Node, job_id: str) -> None:
         self._timers.pop(job_id, None)
@@ -178,6 +205,7 @@ class Scheduling:
     def _forget(self: Node, job_id: str) -> None:
         """Stop holding a job: no timer, no place in memory (storage is the caller's business)."""
         self._jobs.pop(job_id, None)
+        self._due_now.pop(job_id, None)
         timer = self._timers.pop(job_id, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -200,7 +228,7 @@ class Scheduling:
                 continue
             if job_id in self._ready:
                 self._ready.remove(job_id)
-            self._end(attrs.evolve(job, status=Status.CANCELLED), None, job.args)
+            self._end(job, Status.CANCELLED, None, job.args)
         return cancelled
 
     def _give_back(self: Node, link: _DistributorLink, job_ids: list[str], count: int) -> list[str]:

@@ -117,6 +117,9 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
             self._links[endpoint] = _DistributorLink(endpoint, self)
         self._jobs: dict[str, Job] = {}
         self._timers: dict[str, IDelayedCall] = {}
+        #: Jobs due now (an ordered set), started together by ``_due_call`` on the next turn.
+        self._due_now: dict[str, None] = {}
+        self._due_call: IDelayedCall | None = None
         self._running: dict[str, Deferred[Any]] = {}
         self._cancelling: set[str] = set()
         self._ready: deque[str] = deque()
@@ -321,6 +324,10 @@ class Node(Links, TakingUp, Scheduling, Running, service.MultiService):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        if self._due_call is not None and self._due_call.active():
+            self._due_call.cancel()
+        self._due_call = None
+        self._due_now.clear()
         # ThreadPool.stop joins its threads: do it off the reactor thread, and do not wait
         # forever for a thread job that never ends.
         if self._threadpool.working:

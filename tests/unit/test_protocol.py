@@ -276,3 +276,21 @@ def test_a_declared_bad_message_from_a_responder_reaches_the_caller_as_bad_messa
 @pytest.mark.parametrize("command", [Hello, RunJobs, JobsDone, CancelJobs])
 def test_every_command_declares_bad_message(command: type[amp.Command]) -> None:
     assert command.errors[BadMessage] == b"BAD_MESSAGE"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("text", "deeper"),
+    [
+        (b"[[[[1]]]]", True),
+        (b"[[[1]]]", False),
+        (b'["[[[[[[", "]]]]]]"]', False),  # brackets in strings do not nest
+        (b'[{"a": "{{{{"}, [[["x"]]]]', True),
+        (b'["\\"[[[[[[", "\\\\"]', False),  # escaped quotes and backslashes
+        (b'[[[["\\"x"]]]]', True),
+        (b'[[[["x]]]]', True),  # an unterminated string: its brackets are not cut out
+    ],
+)
+def test_the_depth_guard_counts_brackets_outside_strings_only(text: bytes, deeper: bool) -> None:
+    from jobreactor.limits import deeper_than
+
+    assert deeper_than(text, 3) is deeper
