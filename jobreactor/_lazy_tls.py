@@ -15,7 +15,7 @@ The first use of a stand-in (a call or an attribute: ``optionsForClientTLS(...)`
 imports the TLS stack and binds the very objects a normal import would have bound, then
 carries on. TLS thus works as before (``ssl:``, ``tls:`` and ``jr-tls:`` endpoints,
 ``rediss://``, ``startTLS``, AMP's ``StartTLS``) and costs its memory only where it is
-used; ``tests/unit/test_import_cost.py`` checks both, and that the modules end up as a
+used; ``tests/integration/test_import_cost.py`` checks both, and that the modules end up as a
 normal import leaves them.
 
 Nothing is hidden if pyOpenSSL is imported already (its memory is spent) or not installed

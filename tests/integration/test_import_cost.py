@@ -48,7 +48,10 @@ PLAIN = """
 import json, sys
 
 import jobreactor
-from jobreactor import Distributor, JobRegistry, Node
+import jobreactor.tap_distributor  # and what twistd jr-node / jr-distributor import
+import jobreactor.tap_node
+import twisted.plugins.jobreactor_endpoints
+from jobreactor import Distributor, JobRegistry, Node, authority_from_string
 from twisted.internet import defer, task
 
 TLS = json.loads(sys.argv[1])
@@ -57,14 +60,20 @@ TLS = json.loads(sys.argv[1])
 async def main(reactor):
     registry = JobRegistry()
     registry.add_job("noop", lambda args: {"done": True})
-    distributor = Distributor("tcp:0:interface=127.0.0.1", reactor=reactor)
+    # With passwords: SCRAM needs no TLS either.
+    authority = authority_from_string("memory:plain:s3cret:app:s3cret")
+    distributor = Distributor("tcp:0:interface=127.0.0.1", reactor=reactor, portal=authority)
     distributor.startService()
     await distributor.when_listening()
     address = f"tcp:host=127.0.0.1:port={distributor.address.port}"
-    node = Node("plain", [address], registry=registry, reactor=reactor)
+    node = Node(
+        "plain", [address], registry=registry, reactor=reactor, credentials=("plain", "s3cret")
+    )
     node.startService()
     await distributor.when_nodes(names=["plain"])
-    client = jobreactor.connect(address, name="app", reactor=reactor)
+    client = jobreactor.connect(
+        address, name="app", reactor=reactor, credentials=("app", "s3cret")
+    )
     await client.when_connected()
     results = [
         await distributor.enqueue("noop", {}).deferred,
@@ -81,6 +90,7 @@ task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
 
 
 def test_a_distributor_node_and_client_without_tls_never_import_the_tls_stack() -> None:
+    """The embedded distributor, a node and a remote client, over TCP with passwords."""
     found = run_python(PLAIN, json.dumps(TLS_MODULES))
     assert [result["done"] for result in found["results"]] == [True, True]
     assert found["tls"] == []
