@@ -2,8 +2,8 @@
 
 Why: ``twisted.internet.tcp``, ``posixbase`` (under every reactor), ``endpoints`` and
 ``protocols.amp`` import pyOpenSSL (with ``cryptography``) and ``twisted.internet.ssl``
-(with ``service_identity``) as they are imported, if pyOpenSSL is installed: 12-15 MB of
-every process's RSS, spent even when no connection uses TLS.
+(with ``service_identity``) as they are imported, if pyOpenSSL is installed: about 15 MB
+of every process's RSS, spent even when no connection uses TLS.
 
 How: each of those imports is guarded by ``try: ... except ImportError:`` so that Twisted
 works without pyOpenSSL. Importing this module (``jobreactor/__init__.py`` does it first)

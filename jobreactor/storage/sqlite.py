@@ -31,11 +31,11 @@ from zope.interface import implementer
 
 from jobreactor.errors import ConfigError
 from jobreactor.limits import printable
+from jobreactor.model import Job, Status
+from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
 
 if TYPE_CHECKING:
     import sqlite3  # imported by adbapi when a storage opens (1.5 MB less for other processes)
-from jobreactor.model import Job, Status
-from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
 
 _log = Logger()
 
