@@ -21,7 +21,8 @@ waiting
 idle
     CPU seconds per minute of an idle distributor and node.
 import
-    RSS of a process that imported jobreactor, and of bare Python.
+    RSS of bare Python, of a process that imported jobreactor, and of an idle
+    ``twistd jr-distributor`` and ``twistd jr-node`` (joined, no jobs, no TLS).
 
 Redis figures need ``redis-server`` on the PATH (a private one is started on a free port).
 """
@@ -259,16 +260,24 @@ def idle_cpu(seconds: float) -> float:
         cluster.stop()
 
 
-def import_rss() -> tuple[float, float]:
+def import_rss() -> dict[str, float]:
+    """RSS in MB: bare Python, ``import jobreactor``, and an idle distributor and node."""
     probe = "import {};import os;print(open('/proc/self/status').read())"
-    results = []
+    found = {}
     for module in ("os", "jobreactor"):
         done = subprocess.run(
             [PYTHON, "-c", probe.format(module)], capture_output=True, text=True, env=env()
         )
         match = re.search(r"VmRSS:\s+(\d+)", done.stdout)
-        results.append(int(match.group(1)) / 1024 if match else float("nan"))
-    return results[0], results[1]
+        found[module] = int(match.group(1)) / 1024 if match else float("nan")
+    cluster = Cluster()
+    try:
+        dist_pid, node_pid = cluster.start()
+        time.sleep(2)
+        found["distributor"], found["node"] = rss_mb(dist_pid), rss_mb(node_pid)
+    finally:
+        cluster.stop()
+    return found
 
 
 def main() -> None:
@@ -344,12 +353,11 @@ def main() -> None:
             "< 0.1 s",
         )
     if wanted("import"):
-        bare, loaded = import_rss()
-        show(
-            "idle process RSS (import jobreactor)",
-            f"{loaded:.0f} MB",
-            f"<= 25 MB (bare Python {bare:.0f} MB)",
-        )
+        rss = import_rss()
+        target = f"<= 25 MB (bare Python {rss['os']:.0f} MB)"
+        show("idle process RSS (import jobreactor)", f"{rss['jobreactor']:.0f} MB", target)
+        show("idle twistd jr-distributor RSS", f"{rss['distributor']:.0f} MB", target)
+        show("idle twistd jr-node RSS", f"{rss['node']:.0f} MB", target)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ distributor with :data:`JR` (or the :class:`Node` and :class:`Distributor` servi
 with ``JR.enqueue`` or ``Distributor.enqueue``.
 """
 
+# First, before anything imports Twisted's networking (see its docstring).
+from jobreactor import _lazy_tls  # noqa: F401
 from jobreactor.client import Client, connect
 from jobreactor.config import Config
 from jobreactor.credentials import Authority, Peer, authority_from_string

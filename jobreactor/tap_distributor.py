@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
@@ -20,7 +20,9 @@ from jobreactor.results import load_handlers_directory
 from jobreactor.storage import SQLiteStorage
 from jobreactor.storage.ledger import open_ledger
 from jobreactor.tap_options import DaemonOptions, ExitsCleanly, as_text
-from jobreactor.web import Dashboard
+
+if TYPE_CHECKING:
+    from jobreactor.web import Dashboard
 
 DEFAULT_LISTEN = "tcp:5000:interface=127.0.0.1"
 
@@ -157,6 +159,8 @@ class DaemonDistributor(ExitsCleanly):
         self.distributor = distributor
         self.dashboard: Dashboard | None = None
         if web is not None:
+            from jobreactor.web import Dashboard  # twisted.web: only with --web
+
             # With --auth the dashboard asks for the same users' passwords (HTTP basic).
             checkers: list[Any] | None = [WebLogins(authority)] if authority else None
             self.dashboard = Dashboard(distributor, web, checkers=checkers)

@@ -17,14 +17,15 @@ Without ``clientCA`` it is a plain TLS server, like ``ssl:``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.x509.oid import NameOID
-from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.internet import ssl
 
 #: The endpoint string prefix this module parses.
 PREFIX = "jr-tls"
@@ -44,6 +45,8 @@ def server_options(
     """TLS settings for a distributor; with ``client_ca`` every peer needs a certificate
     that CA signed (``certificate`` and ``private_key`` are PEM files; the key may be in
     the certificate file)."""
+    from twisted.internet import ssl  # the TLS stack, only once TLS is configured
+
     cert_pem = _read(certificate, "certificate")
     key_pem = _read(private_key, "private key") if private_key else cert_pem
     try:
@@ -85,6 +88,8 @@ def peer_common_name(transport: Any) -> str | None:
         return None
     if certificate is None:
         return None
+    from cryptography.x509.oid import NameOID  # a certificate exists: TLS is loaded already
+
     if hasattr(certificate, "to_cryptography"):  # pyOpenSSL's X509
         certificate = certificate.to_cryptography()
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
-import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
@@ -223,6 +222,10 @@ class RedisStorage:
             return succeed(None)
         assert self.reactor is not None
         self._connect_error = None
+        # Imported here: txredisapi imports the TLS stack (twisted.internet.ssl), which a
+        # process that keeps no jobs in Redis need not load (docs/design.md).
+        import txredisapi
+
         self._redis = txredisapi.lazyConnectionPool(
             host=self.host,
             port=self.port,
@@ -393,6 +396,8 @@ class RedisStorage:
         return running.addErrback(self._explain, doing)
 
     def _explain(self, failure: Failure, doing: str) -> Failure:
+        import txredisapi  # imported by open() already
+
         if failure.check(StorageError):
             return failure
         if failure.check(defer.CancelledError) and self._unreachable is not None:

@@ -6,6 +6,7 @@ import datetime
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,47 @@ async def test_tls_with_rediss(redis_servers: Any, tmp_path: Path) -> None:
     plain = open_storage(f"redis://localhost:{server.port}/0?timeout=1")
     with pytest.raises(StorageError):
         await plain.open().addTimeout(WAIT, reactor)
+
+
+REDISS_FIRST = """
+import sys
+
+import jobreactor
+from jobreactor.model import Job
+from jobreactor.storage import open_storage
+from twisted.internet import defer, task
+
+loaded = "OpenSSL" in sys.modules
+
+
+async def main(reactor):
+    storage = open_storage(sys.argv[1])
+    await storage.open()
+    await storage.save("node-1", Job(id="secure", name="noop", args={}))
+    print(loaded, (await storage.load("node-1", "secure")).id)
+    await storage.close()
+
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+"""
+
+
+def test_rediss_where_jobreactor_was_imported_without_tls(
+    redis_servers: Any, tmp_path: Path
+) -> None:
+    """In a fresh process jobreactor imports Twisted without the TLS stack (see
+    jobreactor/_lazy_tls.py); rediss:// loads it and works (this process has it already)."""
+    cert, key, ca = make_certificates(tmp_path)
+    server = redis_servers(tls=(cert, key, ca))
+    url = f"rediss://localhost:{server.port}/0?ssl_ca_certs={ca}&timeout=2"
+    done = subprocess.run(
+        [sys.executable, "-c", REDISS_FIRST, url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "secure"]
 
 
 def test_url_fields() -> None:
