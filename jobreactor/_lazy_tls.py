@@ -85,6 +85,12 @@ MIXINS = {
     "_TLSServerMixin": "ServerMixin",
 }
 
+#: Twisted releases whose guarded TLS imports :data:`SKIPPED` and :data:`MIXINS` were read
+#: from (and ``tests/integration/test_import_cost.py`` passed on). Under any other release
+#: nothing is hidden: the TLS stack is imported as usual, costing memory but never a
+#: feature. Add a release here after running that test file under it.
+CHECKED_TWISTED = ("26.10",)
+
 _hidden = False  # import_without_tls hid pyOpenSSL: the stand-ins are in place
 _loaded = False
 _lock = threading.Lock()
@@ -134,6 +140,10 @@ def import_without_tls() -> None:
         return  # imported the normal way already: nothing left to save
     if importlib.util.find_spec("OpenSSL") is None:
         return  # no pyOpenSSL: Twisted's own fallbacks are the right ones
+    from twisted import __version__ as twisted_version
+
+    if not twisted_version.startswith(tuple(f"{release}." for release in CHECKED_TWISTED)):
+        return  # a Twisted these stand-ins were not checked against: import as usual
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]  # makes "import OpenSSL" raise
     try:
         for name in MODULES:

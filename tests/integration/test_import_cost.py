@@ -287,3 +287,25 @@ def test_after_tls_is_loaded_twisted_modules_are_as_a_normal_import_leaves_them(
         if name in lazy["names"]
     }
     assert {name: gone for name, gone in missing.items() if gone} == {}
+
+
+UNCHECKED = """
+import json, sys
+
+import twisted
+
+twisted.__version__ = "99.1.0"  # a release the stand-ins were not checked against
+import jobreactor
+from jobreactor import _lazy_tls
+from twisted.internet import endpoints
+
+print(json.dumps([_lazy_tls._hidden, "OpenSSL" in sys.modules,
+                  type(endpoints.optionsForClientTLS).__name__]))
+"""
+
+
+def test_under_a_twisted_release_not_checked_nothing_is_hidden() -> None:
+    hidden, loaded, options = run_python(UNCHECKED)
+    assert not hidden
+    assert loaded  # the usual import: the TLS stack with Twisted
+    assert options == "function"  # Twisted's own, no stand-in
