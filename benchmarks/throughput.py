@@ -34,7 +34,7 @@ from twisted.internet import defer, error, protocol, task
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from jobreactor import Distributor
+from jobreactor import Config, Distributor
 
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -63,6 +63,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--serial", type=int, default=500, help="jobs run one at a time in the serial phase"
     )
     parser.add_argument("--slots", type=int, default=50, help="the node's --slots")
+    parser.add_argument(
+        "--queue-limit",
+        type=int,
+        default=None,
+        help="the distributor's node_queue_limit (default: the setting's default; 0: no queue)",
+    )
     parser.add_argument(
         "--storage", default="memory", help="the node's --storage (default: memory)"
     )
@@ -282,7 +288,11 @@ async def measure(reactor: Any, options: argparse.Namespace) -> None:
     storage = options.distributor_storage
     if storage == "sqlite":
         storage = f"sqlite:{tempfile.mkdtemp(prefix='jobreactor-bench-')}/distributor.db"
-    distributor = Distributor("tcp:0:interface=127.0.0.1", storage=storage, reactor=reactor)
+    limit = options.queue_limit
+    config = Config() if limit is None else Config(node_queue_limit=limit)
+    distributor = Distributor(
+        "tcp:0:interface=127.0.0.1", storage=storage, reactor=reactor, config=config
+    )
     distributor.startService()
     await distributor.when_listening()
     port = distributor.address.port

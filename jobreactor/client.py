@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.dialing import DialReport, check_client_endpoint, reporting_service
-from jobreactor.enqueueing import build_job, check_feedbacks
+from jobreactor.enqueueing import build_job_sized, check_feedbacks
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
 from jobreactor.limits import printable
@@ -117,10 +117,10 @@ class Submitter:
         error: Feedback | None,
     ) -> JobHandle:
         check_feedbacks(success, error)
-        job = build_job(
+        job, args_bytes = build_job_sized(
             name, args, options, now=self._clock.seconds(), max_args_bytes=self._max_args_bytes
         )
-        return self.submit(job, success, error)
+        return self.submit(job, success, error, args_bytes=args_bytes)
 
     def submit(
         self,
@@ -128,7 +128,11 @@ class Submitter:
         success: Feedback | None,
         error: Feedback | None,
         handle: JobHandle | None = None,
+        *,
+        args_bytes: int | None = None,
     ) -> JobHandle:
+        """Hold ``job`` until the distributor owns it. ``args_bytes``: its args' JSON size
+        where the caller just measured it (not encoded again)."""
         if self.full:
             raise QueueFullError(
                 f"this client holds {len(self._jobs)} jobs without an outcome "
@@ -136,7 +140,9 @@ class Submitter:
             )
         handle = handle or JobHandle(job.id, job.name, self.cancel)
         handle._awaiting_acceptance()  # until the distributor answers that it owns the job
-        size = len(json.dumps(job.args, separators=(",", ":"))) + 400
+        if args_bytes is None:
+            args_bytes = len(json.dumps(job.args, separators=(",", ":")))
+        size = args_bytes + 400
         self._jobs[job.id] = self._to_send[job.id] = _Submitted(
             job, handle, success, error, size=size
         )
