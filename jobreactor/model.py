@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from jobreactor.errors import ArgsTooLargeError, InvalidJobError
+from jobreactor.jsontext import compact
 from jobreactor.limits import (
     DEFAULT_LIMITS,
     Limits,
@@ -165,7 +166,7 @@ def encode_args(
         # The common case in one C-level pass: JSON-able, finite, and too few brackets to
         # be nested past the limit (depth <= brackets). Anything else takes the walk below,
         # which names the offending key path.
-        text = json.dumps(args, allow_nan=False, separators=(",", ":"))
+        text = compact(args)
     except (TypeError, ValueError, RecursionError):
         pass
     else:

@@ -9,7 +9,6 @@ or reports, so a busy distributor sends many jobs in one box.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from jobreactor.errors import JobReactorError
+from jobreactor.jsontext import compact
 from jobreactor.limits import DEFAULT_LIMITS, Limits, TooManyItems, loads_bounded, printable
 
 _log = Logger()
@@ -113,7 +113,7 @@ class JSON(amp.Argument):
         if self.optional and value is None:
             return
         try:
-            data = json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            data = compact(value).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as error:
             raise BadMessage(f"argument {name.decode()!r} is not JSON: {error}") from None
         chunks = [data[i : i + AMP_VALUE_LIMIT] for i in range(0, len(data), AMP_VALUE_LIMIT)]

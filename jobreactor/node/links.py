@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.client import Submitter
 from jobreactor.dialing import DialReport, check_client_endpoint
+from jobreactor.jsontext import compact
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
 from jobreactor.login import say_hello
 from jobreactor.model import Job, Report, Status, encode_args, flat_json
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
 
 #: A report bigger than this (args grown by the job) goes back with an error instead.
 MAX_REPORT_BYTES = 12 * 1024 * 1024
-
-#: ``json.dumps(..., separators=(",", ":"), allow_nan=False)``, built once.
-_REPORT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def endpoint_description(address: str | tuple[str, int]) -> str:
@@ -78,7 +76,7 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
         # Plain args need no walk: one encoding of the whole report gives its size, and
         # bounds the args' (within the limit) and their Unicode (no escaped surrogate).
         try:
-            text = _REPORT_JSON.encode(data)
+            text = compact(data)
         except (TypeError, ValueError, RecursionError):
             pass  # an error text JSON cannot carry? the full checks below say
         else:
@@ -86,7 +84,7 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
                 return data, len(text)
     try:
         encode_args(report.args, limit, limits.max_depth)
-        size = len(_REPORT_JSON.encode(data))
+        size = len(compact(data))
     except (TypeError, ValueError, RecursionError) as error:
         message = cut_error_text(f"the job's args could not be sent: {error}", limits)
         data["args"] = {"error": message}
