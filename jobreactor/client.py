@@ -11,6 +11,7 @@ the same name says hello again, so a blip loses nothing; each run's feedback fir
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,6 @@ from jobreactor.dialing import DialReport, check_client_endpoint, reporting_serv
 from jobreactor.enqueueing import build_job_sized, check_feedbacks
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
-from jobreactor.jsontext import compact
 from jobreactor.limits import printable
 from jobreactor.login import Credentials, check_credentials, say_hello
 from jobreactor.model import Job, Report, Status
@@ -141,7 +141,7 @@ class Submitter:
         handle = handle or JobHandle(job.id, job.name, self.cancel)
         handle._awaiting_acceptance()  # until the distributor answers that it owns the job
         if args_bytes is None:
-            args_bytes = len(compact(job.args))
+            args_bytes = len(json.dumps(job.args, separators=(",", ":")))
         size = args_bytes + 400
         self._jobs[job.id] = self._to_send[job.id] = _Submitted(
             job, handle, success, error, size=size

@@ -12,7 +12,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.handle import JobHandle
-from jobreactor.jsontext import compact
 from jobreactor.model import Job, Report
 
 Feedback = Callable[[dict[str, Any]], Any]
@@ -191,5 +190,5 @@ def _job_size(job: Job, args_bytes: int | None = None) -> int:
     texts = [job.id, job.name, job.node or "", job.distributor or "", *job.not_node]
     texts += [job.last_error or "", job.last_error_type or ""]
     if args_bytes is None:
-        args_bytes = len(compact(job.args))
+        args_bytes = len(json.dumps(job.args, separators=(",", ":")))
     return args_bytes + 400 + 6 * sum(map(len, texts))
