@@ -329,7 +329,8 @@ def main() -> None:
                         ">= 10,000 jobs/s",
                     )
     if wanted("burst-remote") or wanted("cpu"):
-        found_remote = remote_burst(jobs)
+        # A client holds at most max_waiting_jobs_per_sender (10,000) jobs without an outcome.
+        found_remote = remote_burst(min(jobs, 10_000))
         show(
             "burst, remote client -> standalone",
             f"{found_remote['jobs/s']:,.0f} jobs/s",

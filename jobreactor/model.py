@@ -468,9 +468,22 @@ class Report:
     traceback: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        data = attrs.asdict(self, recurse=False)
-        data["status"] = self.status.value
-        return data
+        # Field by field, as Job.to_wire: every report of every job goes through it.
+        return {
+            "job_id": self.job_id,
+            "run": self.run,
+            "status": self.status.value,
+            "feedback": self.feedback,
+            "final": self.final,
+            "args": self.args,
+            "error": self.error,
+            "error_type": self.error_type,
+            "run_at": self.run_at,
+            "attempt": self.attempt,
+            "handed_back": self.handed_back,
+            "duration": self.duration,
+            "traceback": self.traceback,
+        }
 
     @classmethod
     def from_wire(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> Report:

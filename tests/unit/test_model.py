@@ -242,3 +242,10 @@ def test_the_wire_form_has_every_field_and_leaves_out_only_unset_workflow_fields
     )
     assert set(full.to_wire()) == every
     assert Job.from_wire(through_json(full.to_wire())) == full
+
+
+def test_a_report_wire_form_has_every_field() -> None:
+    report = Report("j1", 2, Status.FAILED, "error", True, {"a": 1}, "boom", "ValueError")
+    wire = report.to_wire()
+    assert set(wire) == {field.name for field in attrs.fields(Report)}
+    assert Report.from_wire(through_json(wire)) == report
