@@ -103,19 +103,24 @@ class RedisKeys:
 # A batch of saves and removes (at most one per job: see batching.latest), all or none.
 # KEYS: the nodes set, then for each node of the batch its jobs hash and its status sets
 # in STATUS_ORDER. ARGV: the number of statuses S, the number of nodes N, the N node names
-# (in the order of their keys), then 4 values per change: the node's position (1-based),
-# the job id, the position of its status in STATUS_ORDER (0: remove it), its JSON ('').
+# (in the order of their keys), then one value per change (one, not four: each value costs
+# the client as much to encode as the JSON): "NODE STATUS SIZE IDJSON", with NODE the node's
+# position (1-based), STATUS the position of the job's status in STATUS_ORDER (0: remove
+# it), SIZE the length in bytes of the job id, then the id and the job's JSON (none).
 WRITE_SCRIPT = """
 local S = tonumber(ARGV[1])
 local N = tonumber(ARGV[2])
-for i = N + 3, #ARGV, 4 do
-    local jobs = 2 + (tonumber(ARGV[i]) - 1) * (S + 1)
-    local id = ARGV[i + 1]
-    local wanted = tonumber(ARGV[i + 2])
+for i = N + 3, #ARGV do
+    local change = ARGV[i]
+    local node, wanted, size, start = string.match(change, '^(%d+) (%d+) (%d+) ()')
+    local jobs = 2 + (tonumber(node) - 1) * (S + 1)
+    local after = start + tonumber(size)
+    local id = string.sub(change, start, after - 1)
+    wanted = tonumber(wanted)
     if wanted == 0 then
         redis.call('HDEL', KEYS[jobs], id)
     else
-        redis.call('HSET', KEYS[jobs], id, ARGV[i + 3])
+        redis.call('HSET', KEYS[jobs], id, string.sub(change, after))
     end
     for s = 1, S do
         if s == wanted then
@@ -291,7 +296,7 @@ class RedisStorage:
         """One script call for a batch: only the last change of each job is written."""
         keys = [self.keys.nodes()]
         nodes: dict[str, int] = {}
-        values: list[Any] = []
+        values: list[bytes] = []
         for change in latest(changes):
             position = nodes.get(change.node)
             if position is None:
@@ -299,7 +304,9 @@ class RedisStorage:
                 keys += [self.keys.jobs(change.node), *self.keys.statuses(change.node)]
             job = change.job
             status = 0 if job is None else _STATUS_POSITION[job.status]
-            values += [position, change.job_id, status, change.data or ""]
+            ident = change.job_id.encode()
+            data = (change.data or "").encode()
+            values.append(b"%d %d %d %s%s" % (position, status, len(ident), ident, data))
         args = [len(STATUS_ORDER), len(nodes), *nodes, *values]
         written = self._call(
             f"writing {len(changes)} job changes in one script call",
