@@ -117,7 +117,8 @@ class BatchLoop(Generic[OperationT]):
         """The batch in flight is over: fire its waiters and start the next, if any."""
         waiters, self._in_flight_waiters = self._in_flight_waiters, []
         for waiter in waiters:
-            waiter.callback(None)
+            if not waiter.called:  # a waiter cancelled meanwhile must not stop the loop
+                waiter.callback(None)
         if self._operations or self._waiters:
             self._schedule()
 
@@ -191,11 +192,13 @@ class JobChanges(BatchLoop[Change]):
 
     def _committed(self, operations: list[Change]) -> None:
         for change in operations:
-            change.done.callback(None)
+            if not change.done.called:  # cancelled by its caller (a node stopping)
+                change.done.callback(None)
 
     def _not_written(self, failure: Failure, operations: list[Change]) -> None:
         for change in operations:
-            change.done.errback(_for_change(failure, change))
+            if not change.done.called:
+                change.done.errback(_for_change(failure, change))
         self._release()
 
 

@@ -281,7 +281,7 @@ class RedisStorage:
         return self._changes.save(node, job, _job_json(job))
 
     def load(self, node: str, job_id: str) -> Deferred[Job | None]:
-        loaded = self._read(
+        loaded = self._after_changes(
             f"loading job {job_id} of node {node}",
             lambda redis: redis.hget(self.keys.jobs(node), job_id),
         )
@@ -314,8 +314,8 @@ class RedisStorage:
         )
         return written.addCallback(lambda _: None)
 
-    def _read(self, doing: str, command: Any) -> Deferred[Any]:
-        """Run a read once the changes asked for before it are written (or have failed)."""
+    def _after_changes(self, doing: str, command: Any) -> Deferred[Any]:
+        """Run ``command`` once the changes asked for before it are written (or failed)."""
         if self._changes.idle:
             return self._call(doing, command)
         settled = self._changes.settled()
@@ -326,7 +326,7 @@ class RedisStorage:
     ) -> Deferred[list[Job]]:
         doing = f"listing the jobs of node {node}"
         if statuses is None:
-            found = self._read(doing, lambda redis: redis.hvals(self.keys.jobs(node)))
+            found = self._after_changes(doing, lambda redis: redis.hvals(self.keys.jobs(node)))
         else:
             wanted = {Status(status) for status in statuses}
             if not wanted:
@@ -335,7 +335,9 @@ class RedisStorage:
                 self.keys.jobs(node),
                 *(self.keys.status(node, s) for s in STATUS_ORDER if s in wanted),
             ]
-            found = self._read(doing, lambda redis: redis.eval(JOBS_BY_STATUS_SCRIPT, keys, []))
+            found = self._after_changes(
+                doing, lambda redis: redis.eval(JOBS_BY_STATUS_SCRIPT, keys, [])
+            )
         return found.addCallback(lambda values: self._decode_readable(values or [], node))
 
     def _decode_readable(self, values: list[Any], node: str) -> list[Job]:
@@ -350,7 +352,7 @@ class RedisStorage:
 
     def unreadable(self, node: str) -> Deferred[list[tuple[str, str]]]:
         """``(id, why)`` of the stored jobs of ``node`` that cannot be read (set aside)."""
-        found = self._read(
+        found = self._after_changes(
             f"looking for unreadable jobs of node {node}",
             lambda redis: redis.hgetall(self.keys.jobs(node)),
         )
@@ -367,7 +369,9 @@ class RedisStorage:
         return found.addCallback(check)
 
     def nodes(self) -> Deferred[list[str]]:
-        found = self._read("listing the nodes", lambda redis: redis.smembers(self.keys.nodes()))
+        found = self._after_changes(
+            "listing the nodes", lambda redis: redis.smembers(self.keys.nodes())
+        )
         return found.addCallback(lambda names: sorted(_text(name) for name in names or ()))
 
     def acquire_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
@@ -379,7 +383,7 @@ class RedisStorage:
     def release_lease(self, node: str, owner: str) -> Deferred[None]:
         keys = [self.keys.lease(node)]
         # Behind every change already asked for: the next holder reads them all.
-        released = self._read(
+        released = self._after_changes(
             f"releasing the lease of node {node}",
             lambda redis: redis.eval(RELEASE_SCRIPT, keys, [owner]),
         )

@@ -146,7 +146,7 @@ class SQLiteStorage:
         return self._changes.save(node, job, _job_json(job))
 
     def load(self, node: str, job_id: str) -> Deferred[Job | None]:
-        return self._read(_load, f"loading job {job_id} of node {node}", node, job_id)
+        return self._after_changes(_load, f"loading job {job_id} of node {node}", node, job_id)
 
     def remove(self, node: str, job_id: str) -> Deferred[None]:
         if self._pool is None:
@@ -157,17 +157,17 @@ class SQLiteStorage:
         self, node: str, statuses: Collection[Status] | None = None
     ) -> Deferred[list[Job]]:
         wanted = None if statuses is None else sorted(Status(s).value for s in statuses)
-        return self._read(_jobs_for, f"listing the jobs of node {node}", node, wanted)
+        return self._after_changes(_jobs_for, f"listing the jobs of node {node}", node, wanted)
 
     def unreadable(self, node: str) -> Deferred[list[tuple[str, str]]]:
         """``(id, why)`` of the stored jobs of ``node`` that cannot be read (set aside)."""
-        return self._read(_unreadable, f"looking for unreadable jobs of node {node}", node)
+        return self._after_changes(_unreadable, f"looking for unreadable jobs of node {node}", node)
 
     def nodes(self) -> Deferred[list[str]]:
-        return self._read(_nodes, "listing the nodes")
+        return self._after_changes(_nodes, "listing the nodes")
 
-    def _read(self, function: Any, doing: str, *args: Any) -> Deferred[Any]:
-        """Run a read once the changes asked for before it are written (or have failed)."""
+    def _after_changes(self, function: Any, doing: str, *args: Any) -> Deferred[Any]:
+        """Run ``function`` once the changes asked for before it are written (or failed)."""
         if self._changes.idle:
             return self._interact(function, doing, *args)
         settled = self._changes.settled()

@@ -109,6 +109,19 @@ def test_settled_fires_after_a_failed_batch_too() -> None:
     assert changes.idle and changes.settled().called
 
 
+def test_a_caller_that_cancels_its_deferred_does_not_stop_the_loop() -> None:
+    """A stopping node cancels the save of a job it was about to start."""
+    clock, writes = Clock(), FakeWrites()
+    changes = JobChanges(writes, clock)
+    given_up, kept = changes.save("n", job("a"), "{}"), changes.save("n", job("b"), "{}")
+    settled = changes.settled()
+    clock.advance(0)
+    given_up.cancel()
+    given_up.addErrback(lambda _: None)
+    writes.pending[0].callback(None)
+    assert outcome(kept) == [None] and outcome(settled) == [None] and changes.idle
+
+
 def test_a_write_that_raises_fails_its_batch_and_the_loop_goes_on() -> None:
     clock, calls = Clock(), []
 
