@@ -209,7 +209,7 @@ class RedisStorage:
     keys: RedisKeys = attrs.field(init=False)
     leases_expire: ClassVar[bool] = True
     _redis: Any = attrs.field(default=None, init=False)
-    _changes: JobChanges = attrs.field(init=False)
+    _changes: JobChanges = attrs.field(init=False, eq=False, repr=False)
     #: Why the pool gave up connecting (a refused password, a bad db), for error messages.
     _connect_error: str | None = attrs.field(default=None, init=False)
     #: Why the first connection attempt of ``open()`` failed (nothing listens, unknown host).

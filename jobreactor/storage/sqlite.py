@@ -86,9 +86,9 @@ class SQLiteStorage:
     synchronous: str = "full"
     #: Seconds a write waits for another process's write to finish before failing.
     busy_timeout: float = 5.0
-    reactor: IReactorTime | None = None
+    reactor: IReactorTime | None = attrs.field(default=None, eq=False, repr=False)
     _pool: adbapi.ConnectionPool | None = attrs.field(default=None, init=False)
-    _changes: JobChanges = attrs.field(init=False)
+    _changes: JobChanges = attrs.field(init=False, eq=False, repr=False)
     leases_expire: ClassVar[bool] = False
     #: node name -> (owner, the open lock file whose flock is the lease)
     _leases: dict[str, tuple[str, int]] = attrs.field(factory=dict, init=False)
