@@ -9,6 +9,7 @@ and only them, and that the last change of a job is the one left behind.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,22 @@ async def test_save_then_remove_in_one_turn_leaves_the_job_removed(storage: IJob
 # -- SQLite: one transaction per batch, committed before anyone hears --------------------------
 
 
+async def a_failed_batch_then_a_good_one(
+    storage: IJobStorage, scheme: str, reason: str, fix: Callable[[], object]
+) -> None:
+    """Two saves in a batch that cannot be written each fail, naming its job and ``reason``;
+    once ``fix()`` has run, the next batch is written as if nothing had happened."""
+    failing = [storage.save("node-1", full_job(id=n)) for n in ("a", "b")]
+    for deferred, job_id in zip(failing, ("a", "b"), strict=True):
+        with pytest.raises(StorageError) as info:
+            await wait(deferred)
+        assert str(info.value).startswith(f"saving job {job_id} of node node-1: {scheme}")
+        assert reason in str(info.value)
+    fix()
+    await wait(storage.save("node-1", full_job(id="c")))
+    assert [j.id for j in await wait(storage.jobs_for("node-1"))] == ["c"]
+
+
 def count_interactions(storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the name of every function the storage runs in its pool (one transaction each)."""
     pool = storage._pool
@@ -265,15 +282,9 @@ async def test_sqlite_a_failed_batch_fails_its_callers_and_the_next_one_works(
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # another process is writing: our batch cannot
-        failing = [storage.save("node-1", full_job(id=n)) for n in ("a", "b")]
-        for deferred, job_id in zip(failing, ("a", "b"), strict=True):
-            with pytest.raises(StorageError) as info:
-                await wait(deferred)
-            assert str(info.value).startswith(f"saving job {job_id} of node node-1: sqlite:")
-            assert "database is locked" in str(info.value)
-        other.execute("ROLLBACK")
-        await wait(storage.save("node-1", full_job(id="c")))
-        assert [j.id for j in await wait(storage.jobs_for("node-1"))] == ["c"]
+        await a_failed_batch_then_a_good_one(
+            storage, "sqlite:", "database is locked", lambda: other.execute("ROLLBACK")
+        )
     finally:
         other.close()
         await wait(storage.close())
@@ -333,14 +344,8 @@ async def test_redis_a_failed_batch_fails_its_callers_and_the_next_one_works(
     broken = storage.keys.jobs("node-1")
     try:
         shared_redis.cli("SET", broken, "not a hash")  # HSET on it fails: WRONGTYPE
-        failing = [storage.save("node-1", full_job(id=n)) for n in ("a", "b")]
-        for deferred, job_id in zip(failing, ("a", "b"), strict=True):
-            with pytest.raises(StorageError) as info:
-                await wait(deferred)
-            assert str(info.value).startswith(f"saving job {job_id} of node node-1: redis://")
-            assert "WRONGTYPE" in str(info.value)
-        shared_redis.cli("DEL", broken)
-        await wait(storage.save("node-1", full_job(id="c")))
-        assert [j.id for j in await wait(storage.jobs_for("node-1"))] == ["c"]
+        await a_failed_batch_then_a_good_one(
+            storage, "redis://", "WRONGTYPE", lambda: shared_redis.cli("DEL", broken)
+        )
     finally:
         await wait(storage.close())
