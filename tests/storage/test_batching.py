@@ -210,6 +210,21 @@ async def test_save_then_remove_in_one_turn_leaves_the_job_removed(storage: IJob
     assert await wait(storage.nodes()) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_lease_is_released_only_after_the_changes_before_it(
+    storage: IJobStorage,
+) -> None:
+    """The next holder of a node's lease must find every change its last holder made."""
+    assert await wait(storage.acquire_lease("node-1", "first", 30))
+    saved = storage.save("node-1", full_job(id="a"))
+    removed = storage.remove("node-1", "gone")
+    await wait(storage.release_lease("node-1", "first"))
+    assert saved.called and removed.called
+    assert await wait(storage.acquire_lease("node-1", "second", 30))
+    assert [job.id for job in await wait(storage.jobs_for("node-1"))] == ["a"]
+    await wait(storage.release_lease("node-1", "second"))
+
+
 # -- SQLite: one transaction per batch, committed before anyone hears --------------------------
 
 
