@@ -6,7 +6,8 @@ together at the next; while a write is under way the next batch gathers, so unde
 batch holds everything that arrived during the previous write. A storage outage does not
 fail the changes: the batch is tried again with backoff until it is written (and whoever
 waits for an acknowledgement waits with it), logged once when it starts and once when it
-ends.
+ends. The loop itself is shared with the nodes' storages
+(:mod:`jobreactor.storage.batching`); what differs is what a failed write means.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jobreactor.storage.batching import BatchLoop
 from jobreactor.storage.ledger import Operation
 
 log = Logger()
@@ -27,18 +29,14 @@ RETRY_FIRST = 0.2
 RETRY_MAX = 5.0
 
 
-class GroupCommit:
-    """Collects ledger operations and writes them a batch per reactor turn."""
+class GroupCommit(BatchLoop[Operation]):
+    """Collects ledger operations and writes them a batch per reactor turn (the loop is
+    :class:`jobreactor.storage.batching.BatchLoop`); a failed batch is tried again."""
 
     def __init__(self, storage: Any, clock: IReactorTime) -> None:
+        super().__init__(clock)
         self.storage = storage
         self.durable: bool = bool(storage.durable)
-        self._clock = clock
-        self._operations: list[Operation] = []
-        self._waiters: list[Deferred[None]] = []
-        self._in_flight_waiters: list[Deferred[None]] = []
-        self._call: IDelayedCall | None = None
-        self._writing = False
         self._failing_since: float | None = None
         self._delay = RETRY_FIRST
 
@@ -47,43 +45,19 @@ class GroupCommit:
             # Memory: applied at once, nothing to wait for.
             self.storage.write([operation])
             return
-        self._operations.append(operation)
-        self._schedule()
+        self._add(operation)
 
     def written(self) -> Deferred[None]:
         """Fire once everything added so far is durable."""
-        if not self.durable or (not self._operations and not self._writing):
+        if not self.durable:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        if self._operations or not self._writing:
-            self._waiters.append(waiter)
-        else:
-            # Only the batch being written holds our changes: wait for it alone.
-            self._in_flight_waiters.append(waiter)
-        self._schedule()
-        return waiter
+        return self._barrier()
 
-    @property
-    def idle(self) -> bool:
-        return not self._operations and not self._writing
+    def _write(self, operations: list[Operation]) -> Deferred[Any]:
+        written: Deferred[Any] = self.storage.write(operations)
+        return written
 
-    def _schedule(self, delay: float = 0) -> None:
-        if self._call is None and not self._writing:
-            self._call = self._clock.callLater(delay, self._flush)
-
-    def _flush(self) -> None:
-        self._call = None
-        if not self._operations and not self._waiters:
-            return
-        operations, self._operations = self._operations, []
-        waiters, self._waiters = self._waiters, []
-        self._in_flight_waiters = waiters
-        self._writing = True
-        writing = self.storage.write(operations) if operations else succeed(None)
-        writing.addCallbacks(self._done, self._failed, errbackArgs=(operations,))
-
-    def _done(self, _: Any) -> None:
-        self._writing = False
+    def _committed(self, operations: list[Operation]) -> None:
         if self._failing_since is not None:
             log.info(
                 "distributor storage {storage} is writing again after {seconds:.1f} s",
@@ -92,14 +66,8 @@ class GroupCommit:
             )
             self._failing_since = None
             self._delay = RETRY_FIRST
-        waiters, self._in_flight_waiters = self._in_flight_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-        if self._operations or self._waiters:
-            self._schedule()
 
-    def _failed(self, failure: Failure, operations: list[Operation]) -> None:
-        self._writing = False
+    def _not_written(self, failure: Failure, operations: list[Operation]) -> None:
         if self._failing_since is None:
             self._failing_since = self._clock.seconds()
             log.error(
@@ -109,9 +77,5 @@ class GroupCommit:
                 count=len(operations),
                 error=failure.getErrorMessage(),
             )
-        # Put the batch back in front, its waiters with it, and try again later.
-        self._operations[:0] = operations
-        self._waiters[:0] = self._in_flight_waiters
-        self._in_flight_waiters = []
-        self._schedule(self._delay)
+        self._retry_later(operations, self._delay)
         self._delay = min(self._delay * 2, RETRY_MAX)

@@ -31,6 +31,12 @@ class IJobStorage(Interface):  # type: ignore[misc]
     Every method returns a Deferred. Jobs are kept per node name: nodes sharing one storage
     never see each other's jobs.
 
+    ``save`` and ``remove`` may be written in batches (SQLite and Redis write one reactor
+    turn's worth in one transaction or one script call: :mod:`jobreactor.storage.batching`),
+    as long as each Deferred fires only once its change is durable (and fails if it is not
+    written), the changes of one job take effect in the order they were asked for, and a
+    read sees every change asked for before it.
+
     The lease methods keep two processes from working one node's jobs at once (a second
     process started by mistake with the same name and storage would run them twice): a node
     holds the lease on its name from before it loads its jobs until it stops. ``owner`` is a

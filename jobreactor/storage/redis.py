@@ -16,7 +16,11 @@ Layout (every key name is made by :class:`RedisKeys`, nowhere else), with ``P`` 
     still its own) when it stops. A killed holder's lease ends when it expires.
 
 Every change that touches several keys is one Lua script, so a crash never leaves a job
-without its index entry or the other way round.
+without its index entry or the other way round. Saves and removes are written in batches
+(group commit, :mod:`jobreactor.storage.batching`): all those asked for in one reactor turn,
+or while the previous batch was being written, go to Redis in one call of
+:data:`WRITE_SCRIPT`, so one round trip serves them all; each caller's Deferred fires once
+Redis has answered it.
 
 The pool has one connection: txredisapi sends each command on a pooled connection at random,
 so with more than one, two saves of the same job could reach Redis in the wrong order. With
@@ -50,6 +54,7 @@ from jobreactor.errors import ConfigError
 from jobreactor.limits import printable
 from jobreactor.model import Job, Status
 from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
+from jobreactor.storage.batching import Change, JobChanges, latest
 
 log = Logger()
 
@@ -94,33 +99,48 @@ class RedisKeys:
         return [self.status(node, status) for status in STATUS_ORDER]
 
 
-# KEYS: jobs hash, nodes set, then the node's status sets in STATUS_ORDER.
-# ARGV: job id, job JSON, node name, position of the job's status (1-based) in STATUS_ORDER.
-SAVE_SCRIPT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local wanted = tonumber(ARGV[4])
-for i = 3, #KEYS do
-    if i - 2 == wanted then
-        redis.call('SADD', KEYS[i], ARGV[1])
+# A batch of saves and removes (at most one per job: see batching.latest), all or none.
+# KEYS: the nodes set, then for each node of the batch its jobs hash and its status sets
+# in STATUS_ORDER. ARGV: the number of statuses S, the number of nodes N, the N node names
+# (in the order of their keys), then one value per change (one, not four: each value costs
+# the client as much to encode as the JSON): "NODE STATUS SIZE IDJSON", with NODE the node's
+# position (1-based), STATUS the position of the job's status in STATUS_ORDER (0: remove
+# it), SIZE the length in bytes of the job id, then the id and the job's JSON (none).
+WRITE_SCRIPT = """
+local S = tonumber(ARGV[1])
+local N = tonumber(ARGV[2])
+for i = N + 3, #ARGV do
+    local change = ARGV[i]
+    local node, wanted, size, start = string.match(change, '^(%d+) (%d+) (%d+) ()')
+    local jobs = 2 + (tonumber(node) - 1) * (S + 1)
+    local after = start + tonumber(size)
+    local id = string.sub(change, start, after - 1)
+    wanted = tonumber(wanted)
+    if wanted == 0 then
+        redis.call('HDEL', KEYS[jobs], id)
     else
-        redis.call('SREM', KEYS[i], ARGV[1])
+        redis.call('HSET', KEYS[jobs], id, string.sub(change, after))
+    end
+    for s = 1, S do
+        if s == wanted then
+            redis.call('SADD', KEYS[jobs + s], id)
+        else
+            redis.call('SREM', KEYS[jobs + s], id)
+        end
     end
 end
-redis.call('SADD', KEYS[2], ARGV[3])
+for n = 1, N do
+    if redis.call('HLEN', KEYS[2 + (n - 1) * (S + 1)]) == 0 then
+        redis.call('SREM', KEYS[1], ARGV[2 + n])
+    else
+        redis.call('SADD', KEYS[1], ARGV[2 + n])
+    end
+end
 return 1
 """
 
-# KEYS: as SAVE_SCRIPT. ARGV: job id, node name. Returns 1 if the job was there.
-REMOVE_SCRIPT = """
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-for i = 3, #KEYS do
-    redis.call('SREM', KEYS[i], ARGV[1])
-end
-if redis.call('HLEN', KEYS[1]) == 0 then
-    redis.call('SREM', KEYS[2], ARGV[2])
-end
-return removed
-"""
+#: The position of each status in STATUS_ORDER, as WRITE_SCRIPT numbers them (1-based).
+_STATUS_POSITION = {status: index + 1 for index, status in enumerate(STATUS_ORDER)}
 
 # KEYS: jobs hash, then the status sets wanted. Returns the JSON of those jobs.
 # One HGET per id rather than HMGET with unpack(): Lua's stack limits unpack() to ~8000 values.
@@ -188,6 +208,7 @@ class RedisStorage:
     keys: RedisKeys = attrs.field(init=False)
     leases_expire: ClassVar[bool] = True
     _redis: Any = attrs.field(default=None, init=False)
+    _changes: JobChanges = attrs.field(init=False, eq=False, repr=False)
     #: Why the pool gave up connecting (a refused password, a bad db), for error messages.
     _connect_error: str | None = attrs.field(default=None, init=False)
     #: Why the first connection attempt of ``open()`` failed (nothing listens, unknown host).
@@ -199,6 +220,8 @@ class RedisStorage:
             from twisted.internet import reactor
 
             self.reactor = reactor  # type: ignore[assignment]
+        assert self.reactor is not None
+        self._changes = JobChanges(self._write_changes, self.reactor)
 
     def __str__(self) -> str:
         scheme = "rediss" if self.tls is not None else "redis"
@@ -256,35 +279,57 @@ class RedisStorage:
         return pinged.addCallbacks(lambda _: None, failed)
 
     def save(self, node: str, job: Job) -> Deferred[None]:
-        keys = [self.keys.jobs(node), self.keys.nodes(), *self.keys.statuses(node)]
-        args = [job.id, _job_json(job), node, STATUS_ORDER.index(job.status) + 1]
-        saved = self._call(
-            f"saving job {job.id} of node {node}",
-            lambda redis: redis.eval(SAVE_SCRIPT, keys, args),
-        )
-        return saved.addCallback(lambda _: None)
+        if self._redis is None:
+            return self._call(f"saving job {job.id} of node {node}", None)  # not open
+        return self._changes.save(node, job, _job_json(job))
 
     def load(self, node: str, job_id: str) -> Deferred[Job | None]:
-        loaded = self._call(
+        loaded = self._after_changes(
             f"loading job {job_id} of node {node}",
             lambda redis: redis.hget(self.keys.jobs(node), job_id),
         )
         return loaded.addCallback(lambda data: None if data is None else self._decode(data, node))
 
     def remove(self, node: str, job_id: str) -> Deferred[None]:
-        keys = [self.keys.jobs(node), self.keys.nodes(), *self.keys.statuses(node)]
-        removed = self._call(
-            f"removing job {job_id} of node {node}",
-            lambda redis: redis.eval(REMOVE_SCRIPT, keys, [job_id, node]),
+        if self._redis is None:
+            return self._call(f"removing job {job_id} of node {node}", None)  # not open
+        return self._changes.remove(node, job_id)
+
+    def _write_changes(self, changes: list[Change]) -> Deferred[None]:
+        """One script call for a batch: only the last change of each job is written."""
+        keys = [self.keys.nodes()]
+        nodes: dict[str, int] = {}
+        values: list[bytes] = []
+        for change in latest(changes):
+            position = nodes.get(change.node)
+            if position is None:
+                position = nodes[change.node] = len(nodes) + 1
+                keys += [self.keys.jobs(change.node), *self.keys.statuses(change.node)]
+            job = change.job
+            status = 0 if job is None else _STATUS_POSITION[job.status]
+            ident = change.job_id.encode()
+            data = (change.data or "").encode()
+            values.append(b"%d %d %d %s%s" % (position, status, len(ident), ident, data))
+        args = [len(STATUS_ORDER), len(nodes), *nodes, *values]
+        written = self._call(
+            f"writing {len(changes)} job changes in one script call",
+            lambda redis: redis.eval(WRITE_SCRIPT, keys, args),
         )
-        return removed.addCallback(lambda _: None)
+        return written.addCallback(lambda _: None)
+
+    def _after_changes(self, doing: str, command: Any) -> Deferred[Any]:
+        """Run ``command`` once the changes asked for before it are written (or failed)."""
+        if self._changes.idle:
+            return self._call(doing, command)
+        settled = self._changes.settled()
+        return settled.addCallback(lambda _: self._call(doing, command))
 
     def jobs_for(
         self, node: str, statuses: Collection[Status] | None = None
     ) -> Deferred[list[Job]]:
         doing = f"listing the jobs of node {node}"
         if statuses is None:
-            found = self._call(doing, lambda redis: redis.hvals(self.keys.jobs(node)))
+            found = self._after_changes(doing, lambda redis: redis.hvals(self.keys.jobs(node)))
         else:
             wanted = {Status(status) for status in statuses}
             if not wanted:
@@ -293,7 +338,9 @@ class RedisStorage:
                 self.keys.jobs(node),
                 *(self.keys.status(node, s) for s in STATUS_ORDER if s in wanted),
             ]
-            found = self._call(doing, lambda redis: redis.eval(JOBS_BY_STATUS_SCRIPT, keys, []))
+            found = self._after_changes(
+                doing, lambda redis: redis.eval(JOBS_BY_STATUS_SCRIPT, keys, [])
+            )
         return found.addCallback(lambda values: self._decode_readable(values or [], node))
 
     def _decode_readable(self, values: list[Any], node: str) -> list[Job]:
@@ -308,7 +355,7 @@ class RedisStorage:
 
     def unreadable(self, node: str) -> Deferred[list[tuple[str, str]]]:
         """``(id, why)`` of the stored jobs of ``node`` that cannot be read (set aside)."""
-        found = self._call(
+        found = self._after_changes(
             f"looking for unreadable jobs of node {node}",
             lambda redis: redis.hgetall(self.keys.jobs(node)),
         )
@@ -325,7 +372,9 @@ class RedisStorage:
         return found.addCallback(check)
 
     def nodes(self) -> Deferred[list[str]]:
-        found = self._call("listing the nodes", lambda redis: redis.smembers(self.keys.nodes()))
+        found = self._after_changes(
+            "listing the nodes", lambda redis: redis.smembers(self.keys.nodes())
+        )
         return found.addCallback(lambda names: sorted(_text(name) for name in names or ()))
 
     def acquire_lease(self, node: str, owner: str, seconds: float) -> Deferred[bool]:
@@ -336,7 +385,8 @@ class RedisStorage:
 
     def release_lease(self, node: str, owner: str) -> Deferred[None]:
         keys = [self.keys.lease(node)]
-        released = self._call(
+        # Behind every change already asked for: the next holder reads them all.
+        released = self._after_changes(
             f"releasing the lease of node {node}",
             lambda redis: redis.eval(RELEASE_SCRIPT, keys, [owner]),
         )
@@ -350,6 +400,9 @@ class RedisStorage:
         return held.addCallback(lambda answer: int(answer) == 1)
 
     def close(self) -> Deferred[None]:
+        # The changes asked for so far are written (or have failed) first: none is lost.
+        if not self._changes.idle:
+            return self._changes.settled().addCallback(lambda _: self.close())
         redis, self._redis = self._redis, None
         if redis is None:
             return succeed(None)

@@ -1,10 +1,16 @@
 """Storage in one SQLite file: embedded, persistent, no server to run.
 
 The database is reached through :mod:`twisted.enterprise.adbapi` with a pool of exactly one
-connection, so every statement runs in one background thread, in the order it was asked for:
-a later ``save`` of a job never lands before an earlier one. The file is in WAL mode, so
-several node processes (and the ``jr`` monitor) can share it: readers never wait for the
-writer, and writers of other processes wait up to ``busy_timeout`` seconds for each other.
+connection, so every statement runs in one background thread, in the order it was asked for.
+Saves and removes are written in batches (group commit, :mod:`jobreactor.storage.batching`):
+all those asked for in one reactor turn, or while the previous batch was being written, go
+into one transaction, so one commit (one fsync with ``synchronous=FULL``) serves them all;
+each caller's Deferred fires once that transaction is committed. A later ``save`` of a job
+never lands before an earlier one, and a read waits for the changes asked for before it.
+
+The file is in WAL mode, so several node processes (and the ``jr`` monitor) can share it:
+readers never wait for the writer, and writers of other processes wait up to
+``busy_timeout`` seconds for each other.
 
 A node's lease is an OS file lock (``flock``) on a file of its own next to the database,
 ``PATH.lease.NODE``, held for the life of the node: the kernel drops it when the process
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,6 +40,7 @@ from jobreactor.errors import ConfigError
 from jobreactor.limits import printable
 from jobreactor.model import Job, Status
 from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
+from jobreactor.storage.batching import Change, JobChanges, latest
 
 if TYPE_CHECKING:
     import sqlite3  # imported by adbapi when a storage opens (1.5 MB less for other processes)
@@ -72,6 +80,7 @@ class SQLiteStorage:
     the same types), plus ``status``, ``name`` and ``run_at`` columns for queries by hand;
     ``(node, status)`` is indexed. ``create=False`` refuses to make a missing file (the
     monitor inspects, it never creates). ``synchronous`` is ``"full"`` or ``"normal"``.
+    ``reactor`` is the one a batch of changes is written on (at its next turn).
     """
 
     path: str = attrs.field(converter=str)
@@ -79,7 +88,9 @@ class SQLiteStorage:
     synchronous: str = "full"
     #: Seconds a write waits for another process's write to finish before failing.
     busy_timeout: float = 5.0
+    reactor: IReactorTime | None = attrs.field(default=None, eq=False, repr=False)
     _pool: adbapi.ConnectionPool | None = attrs.field(default=None, init=False)
+    _changes: JobChanges = attrs.field(init=False, eq=False, repr=False)
     leases_expire: ClassVar[bool] = False
     #: node name -> (owner, the open lock file whose flock is the lease)
     _leases: dict[str, tuple[str, int]] = attrs.field(factory=dict, init=False)
@@ -90,6 +101,12 @@ class SQLiteStorage:
                 f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
                 f"not {self.synchronous!r}"
             )
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor  # type: ignore[assignment]
+        assert self.reactor is not None
+        self._changes = JobChanges(self._write_changes, self.reactor)
 
     def __str__(self) -> str:
         return f"sqlite:{self.path}"
@@ -126,28 +143,59 @@ class SQLiteStorage:
         return self._interact(_create_schema, "opening")
 
     def save(self, node: str, job: Job) -> Deferred[None]:
-        return self._interact(
-            _save, f"saving job {job.id} of node {node}", node, job.id, job, _job_json(job)
-        )
+        if self._pool is None:
+            return self._interact(None, f"saving job {job.id} of node {node}")  # not open
+        return self._changes.save(node, job, _job_json(job))
 
     def load(self, node: str, job_id: str) -> Deferred[Job | None]:
-        return self._interact(_load, f"loading job {job_id} of node {node}", node, job_id)
+        return self._after_changes(_load, f"loading job {job_id} of node {node}", node, job_id)
 
     def remove(self, node: str, job_id: str) -> Deferred[None]:
-        return self._interact(_remove, f"removing job {job_id} of node {node}", node, job_id)
+        if self._pool is None:
+            return self._interact(None, f"removing job {job_id} of node {node}")  # not open
+        return self._changes.remove(node, job_id)
 
     def jobs_for(
         self, node: str, statuses: Collection[Status] | None = None
     ) -> Deferred[list[Job]]:
         wanted = None if statuses is None else sorted(Status(s).value for s in statuses)
-        return self._interact(_jobs_for, f"listing the jobs of node {node}", node, wanted)
+        return self._after_changes(_jobs_for, f"listing the jobs of node {node}", node, wanted)
 
     def unreadable(self, node: str) -> Deferred[list[tuple[str, str]]]:
         """``(id, why)`` of the stored jobs of ``node`` that cannot be read (set aside)."""
-        return self._interact(_unreadable, f"looking for unreadable jobs of node {node}", node)
+        return self._after_changes(_unreadable, f"looking for unreadable jobs of node {node}", node)
 
     def nodes(self) -> Deferred[list[str]]:
-        return self._interact(_nodes, "listing the nodes")
+        return self._after_changes(_nodes, "listing the nodes")
+
+    def _after_changes(self, function: Any, doing: str, *args: Any) -> Deferred[Any]:
+        """Run ``function`` once the changes asked for before it are written (or failed)."""
+        if self._changes.idle:
+            return self._interact(function, doing, *args)
+        settled = self._changes.settled()
+        return settled.addCallback(lambda _: self._interact(function, doing, *args))
+
+    def _write_changes(self, changes: list[Change]) -> Deferred[None]:
+        """One transaction for a batch: only the last change of each job is written."""
+        saves, removes = [], []
+        for change in latest(changes):
+            job = change.job
+            if job is None:
+                removes.append((change.node, change.job_id))
+            else:
+                saves.append(
+                    (
+                        change.node,
+                        change.job_id,
+                        job.status.value,
+                        job.name,
+                        job.run_at,
+                        change.data,
+                    )
+                )
+        return self._interact(
+            _write, f"writing {len(changes)} job changes in one transaction", saves, removes
+        )
 
     def lease_path(self, node: str) -> str:
         """The lock file of ``node``'s lease: next to the database, one per node name."""
@@ -198,17 +246,19 @@ class SQLiteStorage:
         if self._pool is None:
             unlock(None)
             return succeed(None)
-        # Behind every statement already asked for: the next holder reads them all.
-        done: Deferred[None] = self._pool.runInteraction(_nothing)
-        return done.addBoth(unlock)
+        # Behind every change already asked for: the next holder reads them all.
+        return self._changes.settled().addBoth(unlock)
 
     def close(self) -> Deferred[None]:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()  # joins the pool's one thread: quick, nothing else is queued
-        for node, (owner, _) in list(self._leases.items()):
-            self.release_lease(node, owner)  # after the writes: the pool is closed
-        return succeed(None)
+        def shut(_: object) -> None:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()  # joins the pool's one thread: quick, nothing else is queued
+            for node, (owner, _lock) in list(self._leases.items()):
+                self.release_lease(node, owner)  # after the writes: the pool is closed
+
+        # The changes asked for so far are written (or have failed) first: none is lost.
+        return self._changes.settled().addCallback(shut)
 
     def _interact(self, function: Any, doing: str, *args: Any) -> Deferred[Any]:
         if self._pool is None:
@@ -259,21 +309,23 @@ def _fail(error: Exception) -> Deferred[Any]:
 # The functions below run in the pool's thread, each inside one transaction.
 
 
-def _nothing(cursor: adbapi.Transaction) -> None:
-    """Runs after every statement queued before it: a barrier."""
-
-
 def _create_schema(cursor: adbapi.Transaction) -> None:
     for statement in _SCHEMA:
         cursor.execute(statement)
 
 
-def _save(cursor: adbapi.Transaction, node: str, job_id: str, job: Job, data: str) -> None:
-    cursor.execute(
-        "INSERT OR REPLACE INTO jobs (node, id, status, name, run_at, data)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (node, job_id, job.status.value, job.name, job.run_at, data),
-    )
+def _write(
+    cursor: adbapi.Transaction, saves: list[tuple[Any, ...]], removes: list[tuple[str, str]]
+) -> None:
+    # One job appears once in a batch (see latest()), so saves and removes do not interact.
+    if saves:
+        cursor.executemany(
+            "INSERT OR REPLACE INTO jobs (node, id, status, name, run_at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            saves,
+        )
+    if removes:
+        cursor.executemany("DELETE FROM jobs WHERE node = ? AND id = ?", removes)
 
 
 def _decode(data: str, node: str) -> Job:
@@ -287,10 +339,6 @@ def _load(cursor: adbapi.Transaction, node: str, job_id: str) -> Job | None:
     cursor.execute("SELECT data FROM jobs WHERE node = ? AND id = ?", (node, job_id))
     row = cursor.fetchone()
     return None if row is None else _decode(row[0], node)
-
-
-def _remove(cursor: adbapi.Transaction, node: str, job_id: str) -> None:
-    cursor.execute("DELETE FROM jobs WHERE node = ? AND id = ?", (node, job_id))
 
 
 def _jobs_for(cursor: adbapi.Transaction, node: str, statuses: list[str] | None) -> list[Job]:
