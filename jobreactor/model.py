@@ -155,13 +155,13 @@ def encode_args(
 
     Runs in the caller's thread at ``enqueue`` so that a bad value is reported where it was
     made, before anything is sent; the distributor and the node run it again on what a peer
-    sent, with the same limits. ``parsed``: ``args`` came out of JSON (its keys are strings),
-    so the common case needs one ``json.dumps`` and no walk.
+    sent, with the same limits. ``parsed``: ``args`` came out of JSON (its keys are strings);
+    then, and for flat args (:func:`flat_json`), the common case needs one encoding, no walk.
     """
     if not isinstance(args, dict):
         raise InvalidJobError(f"job args must be a dict, not {type(args).__name__}")
     try:
-        if not parsed:
+        if not parsed and not flat_json(args):
             raise TypeError("keys may not be strings: walk")
         # The common case in one C-level pass: JSON-able, finite, and too few brackets to
         # be nested past the limit (depth <= brackets). Anything else takes the walk below,
