@@ -378,19 +378,15 @@ class Job:
             count = values.get(field, 0)
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise InvalidJobError(f"job field {field!r} must be a non-negative integer")
-        for field in (
-            "run_at",
-            "period",
-            "retry_delay",
-            "timeout",
-            "failed_at",
-            "make_after",
-            "enqueued_at",
-        ):
-            values[field] = _optional_number(values.get(field), f"job field {field!r}")
-        _at_least(values["timeout"], 0, "job field 'timeout'")
-        _at_least(values["retry_delay"], 0, "job field 'retry_delay'")
-        _at_least(values["period"], limits.min_period, "job field 'period'", "JR.config.min_period")
+        for field in _NUMBER_FIELDS:
+            value = values.get(field)
+            if value is not None:  # (the message is only built for a value to check)
+                values[field] = _optional_number(value, f"job field {field!r}")
+        _at_least(values.get("timeout"), 0, "job field 'timeout'")
+        _at_least(values.get("retry_delay"), 0, "job field 'retry_delay'")
+        _at_least(
+            values.get("period"), limits.min_period, "job field 'period'", "JR.config.min_period"
+        )
         max_attempt = values.get("max_attempt")
         if max_attempt is not None and (
             not isinstance(max_attempt, int) or isinstance(max_attempt, bool) or max_attempt < 1
@@ -400,12 +396,13 @@ class Job:
             if values.get(field) is not None:
                 check_name(values[field], f"job field {field!r}", limits)
         check_error_text(values.get("last_error"), "job field 'last_error'", limits)
-        not_node = values.get("not_node", [])
-        if not isinstance(not_node, list) or len(not_node) > limits.max_items:
-            raise InvalidJobError("job field 'not_node' must be a list of node names")
-        for name in not_node:
-            check_name(name, "a name in job field 'not_node'", limits)
-        values["not_node"] = tuple(not_node)
+        if "not_node" in values:  # absent: the default, none
+            not_node = values["not_node"]
+            if not isinstance(not_node, list) or len(not_node) > limits.max_items:
+                raise InvalidJobError("job field 'not_node' must be a list of node names")
+            for name in not_node:
+                check_name(name, "a name in job field 'not_node'", limits)
+            values["not_node"] = tuple(not_node)
         priority = values.get("priority", 0)
         if (
             not isinstance(priority, int)
@@ -436,6 +433,16 @@ class Job:
 
 #: The fields a job's wire form may have.
 _JOB_FIELDS = frozenset(attrs.fields_dict(Job))
+#: Its fields that are a number of seconds or null.
+_NUMBER_FIELDS = (
+    "run_at",
+    "period",
+    "retry_delay",
+    "timeout",
+    "failed_at",
+    "make_after",
+    "enqueued_at",
+)
 
 
 @attrs.frozen
@@ -520,11 +527,16 @@ class Report:
             encode_args(args, limits.max_args_bytes, limits.max_depth, parsed=True)
         except InvalidJobError as error:
             raise InvalidJobError(f"report of job {job_id}: {error}") from None
-        check_error_text(data.get("error"), f"report field 'error' of job {job_id}", limits)
+        # Each message is built only for a value to check: most fields are null.
+        if data.get("error") is not None:
+            check_error_text(data["error"], f"report field 'error' of job {job_id}", limits)
         if data.get("error_type") is not None:
             check_name(data["error_type"], f"report field 'error_type' of job {job_id}", limits)
-        check_error_text(data.get("traceback"), f"report field 'traceback' of job {job_id}", limits)
-        run_at = _optional_number(data.get("run_at"), f"report field 'run_at' of job {job_id}")
+        if data.get("traceback") is not None:
+            check_error_text(data["traceback"], f"report field 'traceback' of job {job_id}", limits)
+        run_at = data.get("run_at")
+        if run_at is not None:
+            run_at = _optional_number(run_at, f"report field 'run_at' of job {job_id}")
         attempt = data.get("attempt", 0)
         if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
             raise InvalidJobError(
@@ -535,9 +547,9 @@ class Report:
             raise InvalidJobError(
                 f"report field 'handed_back' of job {job_id} must be true or false"
             )
-        duration = _optional_number(
-            data.get("duration"), f"report field 'duration' of job {job_id}"
-        )
+        duration = data.get("duration")
+        if duration is not None:
+            duration = _optional_number(duration, f"report field 'duration' of job {job_id}")
         if duration is not None and duration < 0:
             raise InvalidJobError(f"report field 'duration' of job {job_id} must not be negative")
         return cls(
