@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import error as internet_error
@@ -28,16 +27,18 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.dialing import DialReport, check_client_endpoint, reporting_service
-from jobreactor.enqueueing import build_job_sized, check_feedbacks
+from jobreactor.enqueueing import check_feedbacks, job_fields
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
+from jobreactor.jsontext import compact
 from jobreactor.limits import printable
 from jobreactor.login import Credentials, check_credentials, say_hello
-from jobreactor.model import Job, Report, Status
+from jobreactor.model import WORKFLOW_FIELDS, Job, Report, Status
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
+    Encoded,
     Enqueue,
     GetOutcome,
     JobReactorAMP,
@@ -57,19 +58,122 @@ LINK_LOST = (internet_error.ConnectionClosed, internet_error.ConnectionLost)
 QUEUE_FULL_RETRY = 1.0
 
 
-@attrs.define(eq=False)
+#: Most distinct job shapes (name and options) whose texts are shared between held jobs.
+_MAX_SHAPES = 1024
+_SHAPES: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+#: The shape of a job of this name enqueued with no option.
+_PLAIN_SHAPES: dict[str, tuple[str, str, str]] = {}
+#: The wire fields that come after ``enqueued_at`` (``Job.to_wire`` order).
+_AFTER_ENQUEUED_AT = ("priority", *WORKFLOW_FIELDS)
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a JSON string, as ``compact`` writes it (ids and names rarely need escapes)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return compact(text)
+
+
+def _number(value: Any) -> str:
+    return float.__repr__(value) if type(value) is float else compact(value)
+
+
+def _shape(wire: dict[str, Any]) -> tuple[str, str, str]:
+    """The text of a job's wire form around its id, args and ``enqueued_at``, shared by the
+    held jobs of one name and options (it is most of the text)."""
+    before = {}
+    after = {}
+    for key, value in wire.items():
+        if key in _AFTER_ENQUEUED_AT:
+            after[key] = value
+        elif key not in ("id", "name", "args", "enqueued_at"):
+            before[key] = value
+    shape = (
+        f',"name":{_quoted(wire["name"])},"args":',
+        f',{compact(before)[1:-1]},"enqueued_at":',
+        f",{compact(after)[1:]}",
+    )
+    if len(_SHAPES) >= _MAX_SHAPES:
+        return shape
+    return _SHAPES.setdefault(shape, shape)
+
+
 class _Submitted:
-    job: Job
-    handle: JobHandle
-    success: Feedback | None
-    error: Feedback | None
-    acknowledged: bool = False
-    #: Sent at least once: the distributor may have it even if no answer came back.
-    ever_sent: bool = False
-    last_run: int = 0
-    size: int = 0
-    #: Later enqueues here with this job's ``unique_key`` that became this job.
-    twins: list[_Submitted] = attrs.Factory(list)
+    """One job held here until its final outcome.
+
+    The job is kept as its wire text in pieces (its args' JSON, a shape shared by jobs of
+    the same name and options, ``enqueued_at``; the id is the handle's), not as a Job and
+    its args dict: a client may hold a million of them, each sent as this text as it is.
+    """
+
+    __slots__ = (
+        "acknowledged",
+        "args",
+        "at",
+        "error",
+        "ever_sent",
+        "handle",
+        "last_run",
+        "queued",
+        "shape",
+        "success",
+        "twins",
+    )
+
+    def __init__(
+        self,
+        handle: JobHandle,
+        success: Feedback | None,
+        error: Feedback | None,
+        shape: tuple[str, str, str],
+        args: str,
+        at: Any,
+    ) -> None:
+        self.handle = handle
+        self.success = success
+        self.error = error
+        self.shape = shape
+        #: The args' JSON text, checked at enqueue.
+        self.args = args
+        #: ``enqueued_at``.
+        self.at = at
+        self.acknowledged = False
+        #: Sent at least once: the distributor may have it even if no answer came back.
+        self.ever_sent = False
+        #: In the submitter's list of jobs to send.
+        self.queued = False
+        self.last_run = 0
+        #: Later enqueues here with this job's ``unique_key`` that became this job.
+        self.twins: list[_Submitted] | None = None
+
+    @property
+    def size(self) -> int:
+        """The estimate ``in_boxes`` cuts boxes by."""
+        return len(self.args) + 400
+
+    def wire(self) -> str:
+        """The job's wire form as JSON text: ``compact(job.to_wire())``."""
+        head, middle, tail = self.shape
+        return f'{{"id":{_quoted(self.handle.id)}{head}{self.args}{middle}{_number(self.at)}{tail}'
+
+    def job(self) -> Job:
+        """The job as a record, for the rare paths that need one (a refusal, a cancel)."""
+        data = json.loads(self.wire())
+        data["status"] = Status(data["status"])
+        data["not_node"] = tuple(data["not_node"])
+        data["depends_on"] = tuple(data.get("depends_on", ()))
+        return Job(**data)
+
+    def everyone(self) -> list[_Submitted]:
+        return [self] if self.twins is None else [self, *self.twins]
+
+
+def _size(submitted: _Submitted) -> int:
+    return submitted.size
+
+
+#: The args of the template job a shape is cut from (its text is never used).
+_NO_ARGS: dict[str, Any] = {}
 
 
 class Submitter:
@@ -91,8 +195,12 @@ class Submitter:
         self.protocol: JobReactorAMP | None = None
         self._jobs: dict[str, _Submitted] = {}
         self._send_call: IDelayedCall | None = None
-        #: Jobs to send in the next Enqueue, in enqueue order.
-        self._to_send: dict[str, _Submitted] = {}
+        #: Jobs to send in the next Enqueue, in enqueue order: those still ``queued`` (a job
+        #: settled or merged meanwhile is skipped). Filled only while connected: a
+        #: connection sends every held job.
+        self._to_send: list[_Submitted] = []
+        #: One bound method for every handle, not one each.
+        self._cancel = self.cancel
         self._cancel_later: set[str] = set()
         #: Called with each report for a job this process does not know: outcomes the
         #: distributor kept for a previous process of the same client name.
@@ -117,10 +225,19 @@ class Submitter:
         error: Feedback | None,
     ) -> JobHandle:
         check_feedbacks(success, error)
-        job, args_bytes = build_job_sized(
+        fields, text = job_fields(
             name, args, options, now=self._clock.seconds(), max_args_bytes=self._max_args_bytes
         )
-        return self.submit(job, success, error, args_bytes=args_bytes)
+        at = fields.pop("enqueued_at")
+        shape = _PLAIN_SHAPES.get(name) if not fields else None  # the usual job: no options
+        if shape is None:
+            shape = _shape(Job(id="", name=name, args=_NO_ARGS, **fields).to_wire())
+            if not fields and len(_PLAIN_SHAPES) < _MAX_SHAPES:
+                _PLAIN_SHAPES[name] = shape
+        self._check_room()
+        handle = JobHandle(str(uuid.uuid4()), name, self._cancel)
+        self._hold_new(_Submitted(handle, success, error, shape, text, at))
+        return handle
 
     def submit(
         self,
@@ -128,26 +245,38 @@ class Submitter:
         success: Feedback | None,
         error: Feedback | None,
         handle: JobHandle | None = None,
-        *,
-        args_bytes: int | None = None,
     ) -> JobHandle:
-        """Hold ``job`` until the distributor owns it. ``args_bytes``: its args' JSON size
-        where the caller just measured it (not encoded again)."""
+        """Hold ``job`` (made by ``build_job``, with a handle of its id) until the
+        distributor owns it."""
+        self._check_room()
+        handle = handle or JobHandle(job.id, job.name, self._cancel)
+        try:
+            args = compact(job.args)
+        except (TypeError, ValueError, RecursionError) as problem:
+            args = None
+            message = f"the job's args cannot be sent as JSON: {problem}"
+        submitted = _Submitted(
+            handle, success, error, _shape(job.to_wire()), args or "{}", job.enqueued_at
+        )
+        self._hold_new(submitted)
+        if args is None:  # made without enqueue's checks: it fails alone, not its whole box
+            self._settle(submitted, refusal_report(job, message, "EnqueueFailed"))
+        return handle
+
+    def _check_room(self) -> None:
         if self.full:
             raise QueueFullError(
                 f"this client holds {len(self._jobs)} jobs without an outcome "
                 "(max_waiting_jobs_per_sender); try again later"
             )
-        handle = handle or JobHandle(job.id, job.name, self.cancel)
-        handle._awaiting_acceptance()  # until the distributor answers that it owns the job
-        if args_bytes is None:
-            args_bytes = len(json.dumps(job.args, separators=(",", ":")))
-        size = args_bytes + 400
-        self._jobs[job.id] = self._to_send[job.id] = _Submitted(
-            job, handle, success, error, size=size
-        )
-        self.schedule_send()
-        return handle
+
+    def _hold_new(self, submitted: _Submitted) -> None:
+        submitted.handle._awaiting_acceptance()  # until the distributor answers that it owns it
+        self._jobs[submitted.handle.id] = submitted
+        if self.protocol is not None:  # else the connection sends every held job
+            submitted.queued = True
+            self._to_send.append(submitted)
+            self.schedule_send()
 
     def cancel(self, handle: JobHandle) -> None:
         submitted = self._jobs.get(handle.id)
@@ -155,7 +284,7 @@ class Submitter:
             return
         if not submitted.ever_sent:
             # never left this process: it ends here
-            report = Report(handle.id, 0, Status.CANCELLED, None, True, submitted.job.args)
+            report = Report(handle.id, 0, Status.CANCELLED, None, True, json.loads(submitted.args))
             self._settle(submitted, report)
             return
         if self.protocol is None:
@@ -183,7 +312,8 @@ class Submitter:
         self.protocol = protocol
         for submitted in self._jobs.values():
             submitted.acknowledged = False  # resend: the distributor may never have got it
-        self._to_send = dict(self._jobs)
+            submitted.queued = True
+        self._to_send = list(self._jobs.values())
         self.schedule_send()
         cancels = [job_id for job_id in self._cancel_later if job_id in self._jobs]
         self._cancel_later.clear()
@@ -204,21 +334,24 @@ class Submitter:
         protocol = self.protocol
         if protocol is None:
             return
-        unsent = list(self._to_send.values())
-        self._to_send.clear()
-        for box in in_boxes(unsent, lambda submitted: submitted.size):
+        unsent = [submitted for submitted in self._to_send if submitted.queued]
+        self._to_send = []
+        for box in in_boxes(unsent, _size):
             for submitted in box:
+                submitted.queued = False
                 submitted.acknowledged = True  # in flight; a lost connection resets it
                 submitted.ever_sent = True
             try:
-                sent: Deferred[Any] = protocol.callRemote(
-                    Enqueue, jobs=[submitted.job.to_wire() for submitted in box]
-                )
+                # Each job's text as enqueue checked it: the box is not encoded again.
+                jobs = Encoded(f"[{','.join([submitted.wire() for submitted in box])}]")
+                sent: Deferred[Any] = protocol.callRemote(Enqueue, jobs=jobs)
             except Exception:
                 log.failure("could not send {count} jobs", count=len(box))
                 for submitted in box:  # sent again with the next batch or after a reconnect
                     submitted.acknowledged = False
-                    self._to_send[submitted.job.id] = submitted
+                    if not submitted.queued:
+                        submitted.queued = True
+                        self._to_send.append(submitted)
                 continue
             sent.addCallbacks(self._answered, self._unsent, errbackArgs=(box,))
             sent.addErrback(lambda failure: log.failure("handling an Enqueue answer", failure))
@@ -243,7 +376,9 @@ class Submitter:
                 held.append(submitted)
                 continue
             message = str(refusal.get("error", "refused by the distributor"))
-            self._settle(submitted, refusal_report(submitted.job, message, "RejectedByDistributor"))
+            self._settle(
+                submitted, refusal_report(submitted.job(), message, "RejectedByDistributor")
+            )
         if held:
             self._hold(held, "the distributor's queue is full")
         elif self._queue_full_since is not None and self._queue_full_retry is None:
@@ -256,13 +391,14 @@ class Submitter:
     def _merge(self, submitted: _Submitted, existing_id: str) -> _Submitted:
         """The distributor already had a job with this one's ``unique_key``: from now on
         the handle is that job's, and settles with its outcome."""
-        sent_id = submitted.job.id
+        sent_id = submitted.handle.id
         self._jobs.pop(sent_id, None)
-        self._to_send.pop(sent_id, None)
-        submitted.job = attrs.evolve(submitted.job, id=existing_id)
-        submitted.handle.id = existing_id
+        submitted.queued = False
+        submitted.handle.id = existing_id  # its wire form names that job from now on
         kept = self._jobs.get(existing_id)
         if kept is not None and kept is not submitted:
+            if kept.twins is None:
+                kept.twins = []
             kept.twins.append(submitted)
         else:
             self._jobs[existing_id] = submitted
@@ -281,12 +417,16 @@ class Submitter:
             log.failure("distributor refused {count} jobs", failure, count=len(box))
             message = failure.getErrorMessage()
             for submitted in box:
-                self._settle(submitted, refusal_report(submitted.job, message, "EnqueueFailed"))
+                self._settle(submitted, refusal_report(submitted.job(), message, "EnqueueFailed"))
 
     def _hold(self, box: list[_Submitted], reason: str) -> None:
         """The distributor is full: keep the jobs (in their order) and offer them again
         later, every ``QUEUE_FULL_RETRY`` seconds, until it takes them."""
-        self._to_send = {s.job.id: s for s in box if s.job.id in self._jobs} | self._to_send
+        first = [s for s in box if self._jobs.get(s.handle.id) is s]
+        for submitted in first:
+            submitted.queued = True
+        ahead = set(map(id, first))
+        self._to_send = first + [s for s in self._to_send if s.queued and id(s) not in ahead]
         if self._queue_full_since is None:
             self._queue_full_since = self._clock.seconds()
             log.warn("distributor is full, holding jobs here: {reason}", reason=reason)
@@ -320,8 +460,8 @@ class Submitter:
             if report.final:
                 self._settle(submitted, report)
             else:
-                for each in (submitted, *submitted.twins):
-                    fire_feedback(each.job, report, each.success, each.error)
+                for each in submitted.everyone():
+                    fire_feedback(each.handle, report, each.success, each.error)
 
     def _unknown(self, report: Report) -> None:
         """A report for no job of this process: a late duplicate, or an outcome kept for a
@@ -341,12 +481,12 @@ class Submitter:
             submitted.handle._accepted(Failure(InvalidJobError(report.error or "not accepted")))
         else:
             submitted.handle._accepted()  # an outcome came back: the distributor had it
-        self._jobs.pop(submitted.job.id, None)
-        self._to_send.pop(submitted.job.id, None)
-        for each in (submitted, *submitted.twins):
+        self._jobs.pop(submitted.handle.id, None)
+        submitted.queued = False
+        for each in submitted.everyone():
             each.handle._accepted()
-            fire_feedback(each.job, report, each.success, each.error)
-            each.handle._settle(final_outcome(each.job, report))
+            fire_feedback(each.handle, report, each.success, each.error)
+            each.handle._settle(final_outcome(each.handle, report))
 
 
 class ClientProtocol(JobReactorAMP):
