@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import uuid
+import os
 from typing import Any
 
 from jobreactor.cron import check_schedule, next_time
@@ -46,6 +46,13 @@ ENQUEUE_OPTIONS = frozenset(
         "on_dependency_failure",
     }
 )
+
+
+def new_job_id() -> str:
+    """``str(uuid.uuid4())``, made from the same 16 random bytes in half the time (once per
+    job enqueued)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _finite(value: Any) -> float | None:
@@ -107,7 +114,7 @@ def build_job(
     max_args_bytes: int,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Job:
-    """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh uuid4).
+    """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh random uuid4).
 
     ``after`` becomes an absolute ``run_at`` here, at enqueue time, so a job kept waiting on
     the distributor is not pushed later by the wait.
@@ -131,7 +138,7 @@ def build_job_sized(
         name, args, options, now=now, max_args_bytes=max_args_bytes, limits=limits
     )
     # A fresh copy made of JSON: later changes by the caller do not reach the job.
-    job = Job(id=str(uuid.uuid4()), name=name, args=json.loads(text), **fields)
+    job = Job(id=new_job_id(), name=name, args=json.loads(text), **fields)
     return job, len(text)
 
 
