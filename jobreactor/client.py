@@ -59,7 +59,8 @@ LINK_LOST = (internet_error.ConnectionClosed, internet_error.ConnectionLost)
 QUEUE_FULL_RETRY = 1.0
 
 
-#: Most distinct job shapes (name and options) whose texts are shared between held jobs.
+#: Most distinct job shapes (name and options) kept to be shared by the jobs held next;
+#: past it the cache starts afresh (held jobs keep theirs).
 _MAX_SHAPES = 1024
 _SHAPES: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 #: The shape of a job of this name enqueued with no option.
@@ -76,7 +77,10 @@ def _quoted(text: str) -> str:
 
 
 def _number(value: Any) -> str:
-    return float.__repr__(value) if type(value) is float else compact(value)
+    """A number (or None) as ``compact`` writes it; NaN and infinities raise ``ValueError``."""
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return compact(value)
 
 
 def _shape(wire: dict[str, Any]) -> tuple[str, str, str]:
@@ -95,7 +99,7 @@ def _shape(wire: dict[str, Any]) -> tuple[str, str, str]:
         f",{compact(after)[1:]}",
     )
     if len(_SHAPES) >= _MAX_SHAPES:
-        return shape
+        _SHAPES.clear()  # shapes of one job each (a run_at of its own) crowded it out
     return _SHAPES.setdefault(shape, shape)
 
 
@@ -303,7 +307,9 @@ class Submitter:
         shape = _PLAIN_SHAPES.get(name) if not fields else None  # the usual job: no options
         if shape is None:
             shape = _shape(Job(id="", name=name, args=_NO_ARGS, **fields).to_wire())
-            if not fields and len(_PLAIN_SHAPES) < _MAX_SHAPES:
+            if not fields:
+                if len(_PLAIN_SHAPES) >= _MAX_SHAPES:
+                    _PLAIN_SHAPES.clear()
                 _PLAIN_SHAPES[name] = shape
         self._check_room()
         handle = JobHandle(new_job_id(), name, self._cancel)
@@ -322,16 +328,18 @@ class Submitter:
         self._check_room()
         handle = handle or JobHandle(job.id, job.name, self._cancel)
         try:
-            args = compact(job.args)
+            submitted = _Submitted(
+                handle, success, error, _shape(job.to_wire()), compact(job.args), job.enqueued_at
+            )
+            _number(job.enqueued_at)
         except (TypeError, ValueError, RecursionError) as problem:
-            args = None
-            message = f"the job's args cannot be sent as JSON: {problem}"
-        submitted = _Submitted(
-            handle, success, error, _shape(job.to_wire()), args or "{}", job.enqueued_at
-        )
-        self._hold_new(submitted)
-        if args is None:  # made without enqueue's checks: it fails alone, not its whole box
+            # Made without enqueue's checks: it fails alone, not with its whole box.
+            submitted = _Submitted(handle, success, error, ("", "", ""), "{}", None)
+            self._hold_new(submitted)
+            message = f"the job cannot be sent as JSON: {problem}"
             self._settle(submitted, refusal_report(job, message, "EnqueueFailed"))
+            return handle
+        self._hold_new(submitted)
         return handle
 
     def _check_room(self) -> None:

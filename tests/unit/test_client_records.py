@@ -91,8 +91,15 @@ def test_a_submitted_job_is_held_as_its_wire_text() -> None:
     assert submitter._jobs[handle.id].job() == job
 
 
-def test_a_submitted_job_json_cannot_carry_fails_alone_at_once() -> None:
-    bad = Job(id="bad", name="x", args={"f": math.nan})
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Job(id="bad", name="x", args={"f": math.nan}),
+        Job(id="bad", name="x", args={}, run_at=math.inf),
+        Job(id="bad", name="x", args={}, enqueued_at=math.nan),
+    ],
+)
+def test_a_submitted_job_json_cannot_carry_fails_alone_at_once(bad: Job) -> None:
     good = build_job("x", {}, {}, now=5.0, max_args_bytes=LIMIT)
     submitter = Submitter(Clock(), LIMIT)
 
