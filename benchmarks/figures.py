@@ -253,7 +253,6 @@ def waiting_rss(count: int) -> float:
 
 CLIENT_WAITING = """
 import sys
-from twisted.internet import task
 from jobreactor.client import Client
 from jobreactor.config import Config
 
@@ -264,7 +263,7 @@ def rss():
 
 count = int(sys.argv[1])
 config = Config(max_waiting_jobs_per_sender=count + 1)
-client = Client("tcp:host=127.0.0.1:port=1", config=config, clock=task.Clock())
+client = Client("tcp:host=127.0.0.1:port=1", config=config)  # never started: not connected
 handles = []
 before = rss()
 for n in range(count):

@@ -112,7 +112,6 @@ class _Submitted:
     """
 
     __slots__ = (
-        "acknowledged",
         "args",
         "at",
         "error",
@@ -142,7 +141,6 @@ class _Submitted:
         self.args = args
         #: ``enqueued_at``.
         self.at = at
-        self.acknowledged = False
         #: Sent at least once: the distributor may have it even if no answer came back.
         self.ever_sent = False
         #: In the submitter's list of jobs to send.
@@ -390,8 +388,7 @@ class Submitter:
     def connected(self, protocol: JobReactorAMP) -> None:
         self.protocol = protocol
         for submitted in self._jobs.values():
-            submitted.acknowledged = False  # resend: the distributor may never have got it
-            submitted.queued = True
+            submitted.queued = True  # resend: the distributor may never have got it
         self._to_send = list(self._jobs.values())
         self.schedule_send()
         cancels = [job_id for job_id in self._cancel_later if job_id in self._jobs]
@@ -418,7 +415,6 @@ class Submitter:
         for box in in_boxes(unsent, _size):
             for submitted in box:
                 submitted.queued = False
-                submitted.acknowledged = True  # in flight; a lost connection resets it
                 submitted.ever_sent = True
             try:
                 # Each job's text as enqueue checked it: the box is not encoded again.
@@ -427,7 +423,6 @@ class Submitter:
             except Exception:
                 log.failure("could not send {count} jobs", count=len(box))
                 for submitted in box:  # sent again with the next batch or after a reconnect
-                    submitted.acknowledged = False
                     if not submitted.queued:
                         submitted.queued = True
                         self._to_send.append(submitted)
@@ -451,7 +446,6 @@ class Submitter:
             if submitted is None:
                 continue
             if refusal.get("queue_full"):
-                submitted.acknowledged = False
                 held.append(submitted)
                 continue
             message = str(refusal.get("error", "refused by the distributor"))
@@ -487,8 +481,6 @@ class Submitter:
         return submitted
 
     def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
-        for submitted in box:
-            submitted.acknowledged = False
         if failure.check(QueueFull):
             self._hold(box, failure.getErrorMessage())
             return
