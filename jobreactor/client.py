@@ -34,7 +34,7 @@ from jobreactor.handle import JobHandle
 from jobreactor.jsontext import compact
 from jobreactor.limits import DEFAULT_LIMITS, printable
 from jobreactor.login import Credentials, check_credentials, say_hello
-from jobreactor.model import WORKFLOW_FIELDS, Job, Report, Status, flat_json
+from jobreactor.model import Job, Report, Status, flat_json
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
     BadMessage,
@@ -65,8 +65,6 @@ _MAX_SHAPES = 1024
 _SHAPES: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 #: The shape of a job of this name enqueued with no option.
 _PLAIN_SHAPES: dict[str, tuple[str, str, str]] = {}
-#: The wire fields that come after ``enqueued_at`` (``Job.to_wire`` order).
-_AFTER_ENQUEUED_AT = ("priority", *WORKFLOW_FIELDS)
 
 
 def _quoted(text: str) -> str:
@@ -86,13 +84,14 @@ def _number(value: Any) -> str:
 def _shape(wire: dict[str, Any]) -> tuple[str, str, str]:
     """The text of a job's wire form around its id, args and ``enqueued_at``, shared by the
     held jobs of one name and options (it is most of the text)."""
-    before = {}
-    after = {}
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    part = before
     for key, value in wire.items():
-        if key in _AFTER_ENQUEUED_AT:
-            after[key] = value
-        elif key not in ("id", "name", "args", "enqueued_at"):
-            before[key] = value
+        if key == "enqueued_at":
+            part = after  # the fields after it, in their order
+        elif key not in ("id", "name", "args"):
+            part[key] = value
     shape = (
         f',"name":{_quoted(wire["name"])},"args":',
         f',{compact(before)[1:-1]},"enqueued_at":',
