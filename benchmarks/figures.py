@@ -18,6 +18,9 @@ burst-remote / cpu
     seconds per job of each process read from /proc.
 waiting
     RSS of a distributor holding N waiting jobs (no node), scaled to one million.
+client-waiting
+    RSS of a remote client holding N jobs without an outcome (not connected: a client keeps
+    every job until a distributor owns it), scaled to one million.
 idle
     CPU seconds per minute of an idle distributor and node.
 import
@@ -248,6 +251,37 @@ def waiting_rss(count: int) -> float:
     return float(done.stdout.split()[-1]) * 1_000_000 / count
 
 
+CLIENT_WAITING = """
+import sys
+from jobreactor.client import Client
+from jobreactor.config import Config
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+count = int(sys.argv[1])
+config = Config(max_waiting_jobs_per_sender=count + 1)
+client = Client("tcp:host=127.0.0.1:port=1", config=config)  # never started: not connected
+before = rss()
+for n in range(count):
+    client.enqueue("noop", {"n": n})  # the client keeps the handle until the job's outcome
+print(rss() - before)
+"""
+
+
+def client_waiting_rss(count: int) -> float:
+    """MB per million jobs held by a client that is not connected."""
+    done = subprocess.run(
+        [PYTHON, "-c", CLIENT_WAITING, str(count)],
+        capture_output=True, text=True, env=env(), timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return float(done.stdout.split()[-1]) * 1_000_000 / count
+
+
 def idle_cpu(seconds: float) -> float:
     cluster = Cluster()
     try:
@@ -347,6 +381,9 @@ def main() -> None:
     if wanted("waiting"):
         count = 100_000 if options.quick else 1_000_000
         show("1,000,000 jobs waiting: distributor", f"{waiting_rss(count):,.0f} MB", "<= 400 MB")
+    if wanted("client-waiting"):
+        count = 100_000 if options.quick else 1_000_000
+        show("1,000,000 jobs waiting: client", f"{client_waiting_rss(count):,.0f} MB", "<= 300 MB")
     if wanted("idle"):
         show(
             "idle distributor + node",

@@ -12,11 +12,11 @@ the same name says hello again, so a blip loses nothing; each run's feedback fir
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import error as internet_error
@@ -28,16 +28,18 @@ from twisted.python.failure import Failure
 
 from jobreactor.config import Config
 from jobreactor.dialing import DialReport, check_client_endpoint, reporting_service
-from jobreactor.enqueueing import build_job_sized, check_feedbacks
+from jobreactor.enqueueing import check_feedbacks, job_fields, new_job_id
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
-from jobreactor.limits import printable
+from jobreactor.jsontext import compact
+from jobreactor.limits import DEFAULT_LIMITS, printable
 from jobreactor.login import Credentials, check_credentials, say_hello
-from jobreactor.model import Job, Report, Status
+from jobreactor.model import Job, Report, Status, flat_json
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
+    Encoded,
     Enqueue,
     GetOutcome,
     JobReactorAMP,
@@ -57,19 +59,193 @@ LINK_LOST = (internet_error.ConnectionClosed, internet_error.ConnectionLost)
 QUEUE_FULL_RETRY = 1.0
 
 
-@attrs.define(eq=False)
+#: Most distinct job shapes (name and options) kept to be shared by the jobs held next;
+#: past it the cache starts afresh (held jobs keep theirs).
+_MAX_SHAPES = 1024
+_SHAPES: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+#: The shape of a job of this name enqueued with no option.
+_PLAIN_SHAPES: dict[str, tuple[str, str, str]] = {}
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a JSON string, as ``compact`` writes it (ids and names rarely need escapes)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return compact(text)
+
+
+def _number(value: Any) -> str:
+    """A number (or None) as ``compact`` writes it; NaN and infinities raise ``ValueError``."""
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return compact(value)
+
+
+def _shape(wire: dict[str, Any]) -> tuple[str, str, str]:
+    """The text of a job's wire form around its id, args and ``enqueued_at``, shared by the
+    held jobs of one name and options (it is most of the text)."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    part = before
+    for key, value in wire.items():
+        if key == "enqueued_at":
+            part = after  # the fields after it, in their order
+        elif key not in ("id", "name", "args"):
+            part[key] = value
+    shape = (
+        f',"name":{_quoted(wire["name"])},"args":',
+        f',{compact(before)[1:-1]},"enqueued_at":',
+        f",{compact(after)[1:]}",
+    )
+    if len(_SHAPES) >= _MAX_SHAPES:
+        _SHAPES.clear()  # shapes of one job each (a run_at of its own) crowded it out
+    return _SHAPES.setdefault(shape, shape)
+
+
 class _Submitted:
-    job: Job
-    handle: JobHandle
-    success: Feedback | None
-    error: Feedback | None
-    acknowledged: bool = False
-    #: Sent at least once: the distributor may have it even if no answer came back.
-    ever_sent: bool = False
-    last_run: int = 0
-    size: int = 0
-    #: Later enqueues here with this job's ``unique_key`` that became this job.
-    twins: list[_Submitted] = attrs.Factory(list)
+    """One job held here until its final outcome.
+
+    The job is kept as its wire text in pieces (its args' JSON, a shape shared by jobs of
+    the same name and options, ``enqueued_at``; the id is the handle's), not as a Job and
+    its args dict: a client may hold a million of them, each sent as this text as it is.
+    """
+
+    __slots__ = (
+        "args",
+        "at",
+        "error",
+        "ever_sent",
+        "handle",
+        "last_run",
+        "queued",
+        "shape",
+        "success",
+        "twins",
+    )
+
+    def __init__(
+        self,
+        handle: JobHandle,
+        success: Feedback | None,
+        error: Feedback | None,
+        shape: tuple[str, str, str],
+        args: str,
+        at: Any,
+    ) -> None:
+        self.handle = handle
+        self.success = success
+        self.error = error
+        self.shape = shape
+        #: The args' JSON text, checked at enqueue.
+        self.args = args
+        #: ``enqueued_at``.
+        self.at = at
+        #: Sent at least once: the distributor may have it even if no answer came back.
+        self.ever_sent = False
+        #: In the submitter's list of jobs to send.
+        self.queued = False
+        self.last_run = 0
+        #: Later enqueues here with this job's ``unique_key`` that became this job.
+        self.twins: list[_Submitted] | None = None
+
+    @property
+    def size(self) -> int:
+        """The estimate ``in_boxes`` cuts boxes by."""
+        return len(self.args) + 400
+
+    def wire(self) -> str:
+        """The job's wire form as JSON text: ``compact(job.to_wire())``."""
+        head, middle, tail = self.shape
+        return f'{{"id":{_quoted(self.handle.id)}{head}{self.args}{middle}{_number(self.at)}{tail}'
+
+    def job(self) -> Job:
+        """The job as a record, for the rare paths that need one (a refusal, a cancel)."""
+        data = json.loads(self.wire())
+        data["status"] = Status(data["status"])
+        data["not_node"] = tuple(data["not_node"])
+        data["depends_on"] = tuple(data.get("depends_on", ()))
+        return Job(**data)
+
+    def everyone(self) -> list[_Submitted]:
+        return [self] if self.twins is None else [self, *self.twins]
+
+
+_STATUSES = {status.value: status for status in Status}
+_FEEDBACKS = (None, "success", "error")
+_DEFAULT_LIMITS = DEFAULT_LIMITS
+
+
+def _plain_report(item: Any) -> Report | None:
+    """The usual report (no error texts, plain args of a bounded size) checked without
+    encoding its args again: the rules of ``Report.from_wire``, which reads the others."""
+    if type(item) is not dict:
+        return None
+    job_id = item.get("job_id")
+    run = item.get("run")
+    status = _STATUSES.get(item.get("status"))  # type: ignore[arg-type]
+    final = item.get("final")
+    feedback = item.get("feedback")
+    args = item.get("args")
+    run_at = item.get("run_at")
+    attempt = item.get("attempt", 0)
+    handed_back = item.get("handed_back", False)
+    duration = item.get("duration")
+    if (
+        type(job_id) is not str
+        or not 0 < len(job_id) <= _DEFAULT_LIMITS.max_name_length
+        or not job_id.isascii()  # no lone surrogate
+        or type(run) is not int
+        or run < 0
+        or status is None
+        or type(final) is not bool
+        or feedback not in _FEEDBACKS
+        or type(attempt) is not int
+        or attempt < 0
+        or type(handed_back) is not bool
+        or not (run_at is None or (type(run_at) is float and math.isfinite(run_at)))
+        or not (duration is None or (type(duration) is float and 0 <= duration < math.inf))
+        or item.get("error") is not None
+        or item.get("error_type") is not None
+        or item.get("traceback") is not None
+    ):
+        return None
+    if args is None:
+        args = {}
+    elif type(args) is not dict or not _small_plain(args):
+        return None
+    return Report(
+        job_id,
+        run,
+        status,
+        feedback,
+        final,
+        args,
+        None,
+        None,
+        run_at,
+        attempt,
+        handed_back,
+        duration,
+    )
+
+
+def _small_plain(args: dict[str, Any]) -> bool:
+    """Whether ``args`` surely passes ``encode_args``: plain (``flat_json``) and surely
+    within ``max_args_bytes`` as JSON (a bound on its text: each character escaped)."""
+    if not flat_json(args):
+        return False
+    bound = 2
+    for key, value in args.items():
+        bound += 6 * len(key) + 32 + (6 * len(value) if type(value) is str else 0)
+    return bound <= _DEFAULT_LIMITS.max_args_bytes
+
+
+def _size(submitted: _Submitted) -> int:
+    return submitted.size
+
+
+#: The args of the template job a shape is cut from (its text is never used).
+_NO_ARGS: dict[str, Any] = {}
 
 
 class Submitter:
@@ -91,8 +267,12 @@ class Submitter:
         self.protocol: JobReactorAMP | None = None
         self._jobs: dict[str, _Submitted] = {}
         self._send_call: IDelayedCall | None = None
-        #: Jobs to send in the next Enqueue, in enqueue order.
-        self._to_send: dict[str, _Submitted] = {}
+        #: Jobs to send in the next Enqueue, in enqueue order: those still ``queued`` (a job
+        #: settled or merged meanwhile is skipped). Filled only while connected: a
+        #: connection sends every held job.
+        self._to_send: list[_Submitted] = []
+        #: One bound method for every handle, not one each.
+        self._cancel = self.cancel
         self._cancel_later: set[str] = set()
         #: Called with each report for a job this process does not know: outcomes the
         #: distributor kept for a previous process of the same client name.
@@ -117,10 +297,21 @@ class Submitter:
         error: Feedback | None,
     ) -> JobHandle:
         check_feedbacks(success, error)
-        job, args_bytes = build_job_sized(
+        fields, text = job_fields(
             name, args, options, now=self._clock.seconds(), max_args_bytes=self._max_args_bytes
         )
-        return self.submit(job, success, error, args_bytes=args_bytes)
+        at = fields.pop("enqueued_at")
+        shape = _PLAIN_SHAPES.get(name) if not fields else None  # the usual job: no options
+        if shape is None:
+            shape = _shape(Job(id="", name=name, args=_NO_ARGS, **fields).to_wire())
+            if not fields:
+                if len(_PLAIN_SHAPES) >= _MAX_SHAPES:
+                    _PLAIN_SHAPES.clear()
+                _PLAIN_SHAPES[name] = shape
+        self._check_room()
+        handle = JobHandle(new_job_id(), name, self._cancel)
+        self._hold_new(_Submitted(handle, success, error, shape, text, at))
+        return handle
 
     def submit(
         self,
@@ -128,26 +319,40 @@ class Submitter:
         success: Feedback | None,
         error: Feedback | None,
         handle: JobHandle | None = None,
-        *,
-        args_bytes: int | None = None,
     ) -> JobHandle:
-        """Hold ``job`` until the distributor owns it. ``args_bytes``: its args' JSON size
-        where the caller just measured it (not encoded again)."""
+        """Hold ``job`` (made by ``build_job``, with a handle of its id) until the
+        distributor owns it."""
+        self._check_room()
+        handle = handle or JobHandle(job.id, job.name, self._cancel)
+        try:
+            submitted = _Submitted(
+                handle, success, error, _shape(job.to_wire()), compact(job.args), job.enqueued_at
+            )
+            _number(job.enqueued_at)
+        except (TypeError, ValueError, RecursionError) as problem:
+            # Made without enqueue's checks: it fails alone, not with its whole box.
+            submitted = _Submitted(handle, success, error, ("", "", ""), "{}", None)
+            self._hold_new(submitted)
+            message = f"the job cannot be sent as JSON: {problem}"
+            self._settle(submitted, refusal_report(job, message, "EnqueueFailed"))
+            return handle
+        self._hold_new(submitted)
+        return handle
+
+    def _check_room(self) -> None:
         if self.full:
             raise QueueFullError(
                 f"this client holds {len(self._jobs)} jobs without an outcome "
                 "(max_waiting_jobs_per_sender); try again later"
             )
-        handle = handle or JobHandle(job.id, job.name, self.cancel)
-        handle._awaiting_acceptance()  # until the distributor answers that it owns the job
-        if args_bytes is None:
-            args_bytes = len(json.dumps(job.args, separators=(",", ":")))
-        size = args_bytes + 400
-        self._jobs[job.id] = self._to_send[job.id] = _Submitted(
-            job, handle, success, error, size=size
-        )
-        self.schedule_send()
-        return handle
+
+    def _hold_new(self, submitted: _Submitted) -> None:
+        submitted.handle._awaiting_acceptance()  # until the distributor answers that it owns it
+        self._jobs[submitted.handle.id] = submitted
+        if self.protocol is not None:  # else the connection sends every held job
+            submitted.queued = True
+            self._to_send.append(submitted)
+            self.schedule_send()
 
     def cancel(self, handle: JobHandle) -> None:
         submitted = self._jobs.get(handle.id)
@@ -155,7 +360,7 @@ class Submitter:
             return
         if not submitted.ever_sent:
             # never left this process: it ends here
-            report = Report(handle.id, 0, Status.CANCELLED, None, True, submitted.job.args)
+            report = Report(handle.id, 0, Status.CANCELLED, None, True, json.loads(submitted.args))
             self._settle(submitted, report)
             return
         if self.protocol is None:
@@ -182,8 +387,8 @@ class Submitter:
     def connected(self, protocol: JobReactorAMP) -> None:
         self.protocol = protocol
         for submitted in self._jobs.values():
-            submitted.acknowledged = False  # resend: the distributor may never have got it
-        self._to_send = dict(self._jobs)
+            submitted.queued = True  # resend: the distributor may never have got it
+        self._to_send = list(self._jobs.values())
         self.schedule_send()
         cancels = [job_id for job_id in self._cancel_later if job_id in self._jobs]
         self._cancel_later.clear()
@@ -204,21 +409,22 @@ class Submitter:
         protocol = self.protocol
         if protocol is None:
             return
-        unsent = list(self._to_send.values())
-        self._to_send.clear()
-        for box in in_boxes(unsent, lambda submitted: submitted.size):
+        unsent = [submitted for submitted in self._to_send if submitted.queued]
+        self._to_send = []
+        for box in in_boxes(unsent, _size):
             for submitted in box:
-                submitted.acknowledged = True  # in flight; a lost connection resets it
+                submitted.queued = False
                 submitted.ever_sent = True
             try:
-                sent: Deferred[Any] = protocol.callRemote(
-                    Enqueue, jobs=[submitted.job.to_wire() for submitted in box]
-                )
+                # Each job's text as enqueue checked it: the box is not encoded again.
+                jobs = Encoded(f"[{','.join([submitted.wire() for submitted in box])}]")
+                sent: Deferred[Any] = protocol.callRemote(Enqueue, jobs=jobs)
             except Exception:
                 log.failure("could not send {count} jobs", count=len(box))
                 for submitted in box:  # sent again with the next batch or after a reconnect
-                    submitted.acknowledged = False
-                    self._to_send[submitted.job.id] = submitted
+                    if not submitted.queued:
+                        submitted.queued = True
+                        self._to_send.append(submitted)
                 continue
             sent.addCallbacks(self._answered, self._unsent, errbackArgs=(box,))
             sent.addErrback(lambda failure: log.failure("handling an Enqueue answer", failure))
@@ -239,11 +445,12 @@ class Submitter:
             if submitted is None:
                 continue
             if refusal.get("queue_full"):
-                submitted.acknowledged = False
                 held.append(submitted)
                 continue
             message = str(refusal.get("error", "refused by the distributor"))
-            self._settle(submitted, refusal_report(submitted.job, message, "RejectedByDistributor"))
+            self._settle(
+                submitted, refusal_report(submitted.job(), message, "RejectedByDistributor")
+            )
         if held:
             self._hold(held, "the distributor's queue is full")
         elif self._queue_full_since is not None and self._queue_full_retry is None:
@@ -256,13 +463,14 @@ class Submitter:
     def _merge(self, submitted: _Submitted, existing_id: str) -> _Submitted:
         """The distributor already had a job with this one's ``unique_key``: from now on
         the handle is that job's, and settles with its outcome."""
-        sent_id = submitted.job.id
+        sent_id = submitted.handle.id
         self._jobs.pop(sent_id, None)
-        self._to_send.pop(sent_id, None)
-        submitted.job = attrs.evolve(submitted.job, id=existing_id)
-        submitted.handle.id = existing_id
+        submitted.queued = False
+        submitted.handle.id = existing_id  # its wire form names that job from now on
         kept = self._jobs.get(existing_id)
         if kept is not None and kept is not submitted:
+            if kept.twins is None:
+                kept.twins = []
             kept.twins.append(submitted)
         else:
             self._jobs[existing_id] = submitted
@@ -272,8 +480,6 @@ class Submitter:
         return submitted
 
     def _unsent(self, failure: Failure, box: list[_Submitted]) -> None:
-        for submitted in box:
-            submitted.acknowledged = False
         if failure.check(QueueFull):
             self._hold(box, failure.getErrorMessage())
             return
@@ -281,12 +487,16 @@ class Submitter:
             log.failure("distributor refused {count} jobs", failure, count=len(box))
             message = failure.getErrorMessage()
             for submitted in box:
-                self._settle(submitted, refusal_report(submitted.job, message, "EnqueueFailed"))
+                self._settle(submitted, refusal_report(submitted.job(), message, "EnqueueFailed"))
 
     def _hold(self, box: list[_Submitted], reason: str) -> None:
         """The distributor is full: keep the jobs (in their order) and offer them again
         later, every ``QUEUE_FULL_RETRY`` seconds, until it takes them."""
-        self._to_send = {s.job.id: s for s in box if s.job.id in self._jobs} | self._to_send
+        first = [s for s in box if self._jobs.get(s.handle.id) is s]
+        for submitted in first:
+            submitted.queued = True
+        ahead = set(map(id, first))
+        self._to_send = first + [s for s in self._to_send if s.queued and id(s) not in ahead]
         if self._queue_full_since is None:
             self._queue_full_since = self._clock.seconds()
             log.warn("distributor is full, holding jobs here: {reason}", reason=reason)
@@ -304,10 +514,14 @@ class Submitter:
             raise BadMessage("reports must be a list of report objects")
         reports = []
         for item in raw:
-            try:
-                reports.append(Report.from_wire(item))
-            except InvalidJobError as error:  # one bad report loses only itself
-                log.warn("ignoring a malformed outcome: {error}", error=printable(error, 300))
+            report = _plain_report(item)
+            if report is None:
+                try:
+                    report = Report.from_wire(item)
+                except InvalidJobError as error:  # one bad report loses only itself
+                    log.warn("ignoring a malformed outcome: {error}", error=printable(error, 300))
+                    continue
+            reports.append(report)
         for report in reports:
             submitted = self._jobs.get(report.job_id)
             if submitted is None:
@@ -320,8 +534,8 @@ class Submitter:
             if report.final:
                 self._settle(submitted, report)
             else:
-                for each in (submitted, *submitted.twins):
-                    fire_feedback(each.job, report, each.success, each.error)
+                for each in submitted.everyone():
+                    fire_feedback(each.handle, report, each.success, each.error)
 
     def _unknown(self, report: Report) -> None:
         """A report for no job of this process: a late duplicate, or an outcome kept for a
@@ -341,12 +555,14 @@ class Submitter:
             submitted.handle._accepted(Failure(InvalidJobError(report.error or "not accepted")))
         else:
             submitted.handle._accepted()  # an outcome came back: the distributor had it
-        self._jobs.pop(submitted.job.id, None)
-        self._to_send.pop(submitted.job.id, None)
-        for each in (submitted, *submitted.twins):
-            each.handle._accepted()
-            fire_feedback(each.job, report, each.success, each.error)
-            each.handle._settle(final_outcome(each.job, report))
+        self._jobs.pop(submitted.handle.id, None)
+        submitted.queued = False
+        for each in submitted.everyone():
+            handle = each.handle
+            handle._accepted()
+            if report.feedback is not None:
+                fire_feedback(handle, report, each.success, each.error)
+            handle._settle(final_outcome(handle, report))
 
 
 class ClientProtocol(JobReactorAMP):

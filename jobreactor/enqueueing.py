@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import uuid
+import os
 from typing import Any
 
 from jobreactor.cron import check_schedule, next_time
@@ -46,6 +46,13 @@ ENQUEUE_OPTIONS = frozenset(
         "on_dependency_failure",
     }
 )
+
+
+def new_job_id() -> str:
+    """``str(uuid.uuid4())``, made from the same 16 random bytes in half the time (once per
+    job enqueued)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _finite(value: Any) -> float | None:
@@ -107,7 +114,7 @@ def build_job(
     max_args_bytes: int,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Job:
-    """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh uuid4).
+    """Check ``name``, ``args`` and ``options`` and make the new job (id: a fresh random uuid4).
 
     ``after`` becomes an absolute ``run_at`` here, at enqueue time, so a job kept waiting on
     the distributor is not pushed later by the wait.
@@ -127,17 +134,45 @@ def build_job_sized(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Job, int]:
     """:func:`build_job`, and the bytes of the job's args as JSON (measured once, here)."""
+    fields, text = job_fields(
+        name, args, options, now=now, max_args_bytes=max_args_bytes, limits=limits
+    )
+    # A fresh copy: later changes by the caller do not reach the job. Flat args hold only
+    # immutable values, so a shallow copy is that copy (and cheaper than JSON's).
+    copy = dict(args) if isinstance(args, dict) and flat_json(args) else json.loads(text)
+    job = Job(id=new_job_id(), name=name, args=copy, **fields)
+    return job, len(text)
+
+
+def job_fields(
+    name: str,
+    args: dict[str, Any] | None,
+    options: dict[str, Any],
+    *,
+    now: float,
+    max_args_bytes: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[dict[str, Any], str]:
+    """The checks of :func:`build_job`: the new job's fields (all but ``id``, ``name`` and
+    ``args``) and its args' JSON text. A remote client keeps that text, not a Job."""
     if not isinstance(name, str) or not name:
         raise InvalidJobError(f"a job name must be a non-empty string, not {name!r:.80}")
     check_name(name, "the job name", limits)
-    unknown = sorted(set(options) - ENQUEUE_OPTIONS)
-    if unknown:
-        raise InvalidJobError(
-            f"unknown enqueue option(s): {', '.join(unknown)}; "
-            f"the options are: {', '.join(sorted(ENQUEUE_OPTIONS))}"
-        )
-    args = {} if args is None else args
-    text = encode_args(args, max_args_bytes, limits.max_depth)
+    if options:
+        unknown = sorted(set(options) - ENQUEUE_OPTIONS)
+        if unknown:
+            raise InvalidJobError(
+                f"unknown enqueue option(s): {', '.join(unknown)}; "
+                f"the options are: {', '.join(sorted(ENQUEUE_OPTIONS))}"
+            )
+    if args is None:
+        args = {}
+    # Plain args (string keys, scalar values) need no walk to name a bad key path.
+    text = encode_args(
+        args, max_args_bytes, limits.max_depth, parsed=isinstance(args, dict) and flat_json(args)
+    )
+    if not options:  # the usual call: every option at its default
+        return {"enqueued_at": now}, text
     if options.get("after") is not None and options.get("run_at") is not None:
         raise InvalidJobError("give after or run_at, not both")
     run_at = None
@@ -182,25 +217,19 @@ def build_job_sized(
         if run_at is not None or period is not None:
             raise InvalidJobError("give cron or after/run_at/period, not both")
         run_at = workflow.pop("first_run_at")
-    job = Job(
-        id=str(uuid.uuid4()),
-        name=name,
-        # A fresh copy: later changes by the caller do not reach the job. Flat args hold
-        # only immutable values, so a shallow copy is that copy (and cheaper than JSON's).
-        args=dict(args) if flat_json(args) else json.loads(text),
-        run_at=run_at,
-        period=period,
-        defer=defer,
-        node=node,
-        not_node=_node_names(options["not_node"]) if options.get("not_node") is not None else (),
-        max_attempt=max_attempt,
-        retry_delay=retry_delay,
-        timeout=timeout,
-        enqueued_at=now,
-        priority=priority,
+    return {
+        "run_at": run_at,
+        "period": period,
+        "defer": defer,
+        "node": node,
+        "not_node": _node_names(options["not_node"]) if options.get("not_node") is not None else (),
+        "max_attempt": max_attempt,
+        "retry_delay": retry_delay,
+        "timeout": timeout,
+        "enqueued_at": now,
+        "priority": priority,
         **workflow,
-    )
-    return job, len(text)
+    }, text
 
 
 def workflow_options(options: dict[str, Any], now: float) -> dict[str, Any]:

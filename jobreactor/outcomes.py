@@ -4,7 +4,7 @@ outcome. Shared by the embedded distributor and the remote client, so both behav
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -18,7 +18,17 @@ Feedback = Callable[[dict[str, Any]], Any]
 log = Logger()
 
 
-def final_outcome(job: Job, report: Report) -> dict[str, Any] | Failure:
+class Named(Protocol):
+    """What names a job in an outcome: a Job, or the handle a remote client keeps instead."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+def final_outcome(job: Named, report: Report) -> dict[str, Any] | Failure:
     """What a job's handle settles with once ``report`` (a final one) arrived."""
     if report.feedback == "success":
         return report.args
@@ -37,7 +47,7 @@ def final_outcome(job: Job, report: Report) -> dict[str, Any] | Failure:
 
 
 def fire_feedback(
-    job: Job,
+    job: Named,
     report: Report,
     success: Feedback | None,
     error: Feedback | None,

@@ -103,8 +103,19 @@ class NotEncodable(ProtocolError):
     value JSON cannot carry); nothing was sent."""
 
 
+class Encoded(str):
+    """JSON text already written as ``compact`` writes it: ``JSON`` sends it as it is, so a
+    sender that keeps its items encoded (the client's held jobs) does not encode them again.
+    The receiver reads the same bytes as for the value itself."""
+
+    __slots__ = ()
+
+
 class JSON(amp.Argument):
-    """A JSON value, split across several keys when its text is above AMP's value limit."""
+    """A JSON value, split across several keys when its text is above AMP's value limit.
+
+    The value may be :class:`Encoded` text instead (sent unchanged).
+    """
 
     def toBox(
         self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any
@@ -113,7 +124,7 @@ class JSON(amp.Argument):
         if self.optional and value is None:
             return
         try:
-            data = compact(value).encode("utf-8")
+            data = (value if type(value) is Encoded else compact(value)).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as error:
             raise BadMessage(f"argument {name.decode()!r} is not JSON: {error}") from None
         chunks = [data[i : i + AMP_VALUE_LIMIT] for i in range(0, len(data), AMP_VALUE_LIMIT)]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from jobreactor import ArgsTooLargeError, InvalidJobError, Status
-from jobreactor.enqueueing import build_job
+from jobreactor.enqueueing import build_job, new_job_id
 from jobreactor.model import Job
 
 NOW = 1_700_000_000.0
@@ -253,3 +253,16 @@ def test_priority_travels_with_the_job() -> None:
     job = build(priority=7)
     assert job.priority == 7
     assert type(job).from_wire(job.to_wire()).priority == 7
+
+
+def test_a_new_job_id_is_a_random_uuid4_in_its_usual_form() -> None:
+    ids = {new_job_id() for _ in range(2000)}
+
+    assert len(ids) == 2000
+    for job_id in ids:
+        parsed = uuid.UUID(job_id)
+        assert str(parsed) == job_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # every variant nibble (8, 9, a, b) turns up
+    assert {job_id[19] for job_id in ids} == set("89ab")
