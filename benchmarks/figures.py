@@ -225,7 +225,7 @@ def remote_burst(jobs: int) -> dict[str, float]:
 WAITING = """
 import sys
 from twisted.internet import task
-from jobreactor import Distributor
+from jobreactor import Config, Distributor
 
 def rss():
     for line in open("/proc/self/status"):
@@ -233,10 +233,13 @@ def rss():
             return int(line.split()[1]) / 1024
 
 clock = task.Clock()
-distributor = Distributor(None, clock=clock)
+count = int(sys.argv[1])
+# The caps on waiting jobs (100,000 and 512 MiB by default) would refuse the millionth.
+config = Config(max_waiting_jobs=count + 1, max_waiting_bytes=count * 2048)
+distributor = Distributor(None, clock=clock, config=config)
 distributor.startService()
 before = rss()
-for n in range(int(sys.argv[1])):
+for n in range(count):
     distributor.enqueue("noop", {"n": n})
 print(rss() - before)
 """
