@@ -23,6 +23,8 @@ from websockets.sync.client import ClientConnection, connect
 
 #: Seconds any one wait for the page may take.
 WAIT = 10.0
+#: Seconds chromium may take to start and open its DevTools port.
+STARTUP_WAIT = 60.0
 
 
 def chromium_path() -> str | None:
@@ -36,30 +38,31 @@ class Browser:
         executable = chromium_path()
         if executable is None:
             raise RuntimeError("chromium is not installed (bash scripts/bootstrap.sh --chromium)")
-        self.process = subprocess.Popen(
-            [
-                executable,
-                "--headless=new",
-                "--no-sandbox",  # tests run as root in CI
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-extensions",
-                "--disable-background-networking",
-                f"--window-size={width},{height}",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self._command = [
+            executable,
+            "--headless=new",
+            "--no-sandbox",  # tests run as root in CI
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            f"--window-size={width},{height}",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ]
+        self.process = self._start()
         self._ids = itertools.count(1)
         self._stack = contextlib.ExitStack()
         self.console: list[str] = []
         try:
             port = self._devtools_port()
+            if port == 0:  # it died at start (seen once in CI, as a lone crash): once more
+                self.process = self._start()
+                port = self._devtools_port()
+            if port == 0:
+                raise RuntimeError(f"chromium did not open its DevTools port: {self._said}")
             self.page = self._connect_page(port)
             self.call("Page.enable")
             self.call("Runtime.enable")
@@ -67,17 +70,31 @@ class Browser:
             self.close()
             raise
 
+    def _start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self._command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
     def _devtools_port(self) -> int:
+        """The DevTools port chromium opened; 0 if it exited first (``_said`` says why)."""
         assert self.process.stderr is not None
-        deadline = time.monotonic() + WAIT
+        # A first start on a fresh machine (font caches, a new profile) can take far longer
+        # than a page load: a generous bound, and chromium's own words if it is passed.
+        deadline = time.monotonic() + STARTUP_WAIT
+        said: list[str] = []
         while time.monotonic() < deadline:
             line = self.process.stderr.readline()
             if not line and self.process.poll() is not None:
                 break
+            said.append(line.rstrip())
             found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
             if found:
                 return int(found.group(1))
-        raise RuntimeError("chromium did not open its DevTools port")
+        code = self.process.poll()
+        self._said = f"exit code {code}; it said: " + " | ".join(said[-10:])
+        if code is not None:
+            return 0
+        raise RuntimeError(f"chromium did not open its DevTools port: {self._said}")
 
     def _connect_page(self, port: int) -> ClientConnection:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=WAIT) as answer:
