@@ -9,6 +9,7 @@ or reports, so a busy distributor sends many jobs in one box.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -114,8 +115,15 @@ class Encoded(str):
 class JSON(amp.Argument):
     """A JSON value, split across several keys when its text is above AMP's value limit.
 
-    The value may be :class:`Encoded` text instead (sent unchanged).
+    The value may be :class:`Encoded` text instead (sent unchanged). A top-level list holds
+    at most ``max_items_per_command`` items, unless ``many``: a list of job ids that is as
+    long as what a node holds (``Hello``'s ``held``, thousands of parked jobs, say), bounded
+    by the box size instead.
     """
+
+    def __init__(self, optional: bool = False, *, many: bool = False) -> None:
+        super().__init__(optional)
+        self.many = many
 
     def toBox(
         self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any
@@ -159,7 +167,8 @@ class JSON(amp.Argument):
         try:
             # A guard against deep recursion, loose enough that a job nested a little too
             # deep is refused on its own (exactly, by the model) rather than its whole box.
-            value = loads_bounded(b"".join(parts), 2 * limits.max_depth + 4, limits.max_items)
+            max_items = sys.maxsize if self.many else limits.max_items
+            value = loads_bounded(b"".join(parts), 2 * limits.max_depth + 4, max_items)
         except TooManyItems:
             raise BadMessage(
                 f"argument {key!r} has more than {limits.max_items} items "
@@ -576,14 +585,14 @@ class Hello(amp.Command):
         (b"name", amp.Unicode()),
         (b"slots", amp.Integer()),
         (b"version", amp.Integer()),
-        (b"held", JSON()),
+        (b"held", JSON(many=True)),
         (b"credentials", JSON(optional=True)),
         (b"jobs", JSON(optional=True)),
     ]
     response = [
         (b"distributor_id", amp.Unicode()),
         (b"version", amp.Integer()),
-        (b"drop", JSON()),
+        (b"drop", JSON(many=True)),
         (b"server_signature", amp.Unicode(optional=True)),
     ]
     errors = {

@@ -166,3 +166,27 @@ def test_without_a_queue_limit_a_node_gets_no_more_than_its_slots() -> None:
     cluster.run()
     assert len(cluster.nodes["a"]._jobs) == 1
     assert cluster.distributor.waiting == 2
+
+
+def test_a_node_holding_more_jobs_than_a_command_may_list_rejoins_and_keeps_them() -> None:
+    """Hello's ``held`` is as long as what the node holds (parked jobs, a queue, reports
+    waiting): past max_items_per_command the node was refused for good and its jobs ran
+    again elsewhere."""
+    starts: list[tuple[int, str, float]] = []
+    clocks: list[Any] = []
+    config = Config(merge_job_itself_to_args=True, max_attempt=1, max_items_per_command=200)
+    cluster = LocalCluster(long_jobs(clocks, starts), config=config)
+    clocks.append(cluster.clock)
+    cluster.add_node("a", slots=1)
+    handles = [cluster.distributor.enqueue("long", {"i": i}, after=600) for i in range(250)]
+    cluster.run()
+    assert len(cluster.nodes["a"]._jobs) == 250  # parked there, waiting for their time
+
+    cluster.disconnect("a")
+    cluster.run()
+    cluster.connect("a")  # Hello lists 250 held jobs: more than 200 items
+    assert [info.name for info in cluster.distributor.nodes()] == ["a"]
+    assert all(entry.node == "a" for entry in cluster.distributor._owned.values())
+    cluster.advance(600 + 250 * LONG + 10, step=LONG)
+    assert all(h.done for h in handles)
+    assert sorted(i for i, _, _ in starts) == list(range(250))  # each ran once, on a
