@@ -167,10 +167,8 @@ def job_fields(
             )
     if args is None:
         args = {}
-    # Plain args (string keys, scalar values) need no walk to name a bad key path.
-    text = encode_args(
-        args, max_args_bytes, limits.max_depth, parsed=isinstance(args, dict) and flat_json(args)
-    )
+    # Plain args (string keys, scalar values) take encode_args's one-encoding path.
+    text = encode_args(args, max_args_bytes, limits.max_depth)
     if not options:  # the usual call: every option at its default
         return {"enqueued_at": now}, text
     if options.get("after") is not None and options.get("run_at") is not None:

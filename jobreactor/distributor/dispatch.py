@@ -141,10 +141,15 @@ class Dispatch:
             )
             asked.addErrback(self._log_failure, "handling the answer to GiveBack")
 
+    def _fits(self: Distributor, job: Job, node: str) -> bool:
+        """``node`` is not excluded by ``not_node`` and runs jobs of this name."""
+        return job.allows(node) and self._runs(node, job.name)
+
     def _may_run(self: Distributor, job: Job, node: str) -> bool:
+        """:meth:`_fits`, and the job names no other node it must run on."""
         if job.node is not None and job.node != node and self.config.always_use_specified_node:
             return False
-        return job.allows(node) and self._runs(node, job.name)
+        return self._fits(job, node)
 
     def _given_back(self: Distributor, answer: dict[str, Any], link: _NodeLink) -> None:
         # The jobs come back as handed_back reports (after this answer, on the same
@@ -168,7 +173,7 @@ class Dispatch:
 
     def _choose(self: Distributor, job: Job, rooms: dict[str, int]) -> str | None:
         if job.node is not None:
-            if job.node in rooms and job.allows(job.node) and self._runs(job.node, job.name):
+            if job.node in rooms and self._fits(job, job.node):
                 return job.node
             if self.config.always_use_specified_node:
                 return None
@@ -178,7 +183,7 @@ class Dispatch:
         best_key = (0, 0)
         links = self._links
         for name, room in rooms.items():
-            if job.allows(name) and self._runs(name, job.name):
+            if self._fits(job, name):
                 key = (room - links[name].queue_allowance, room)
                 if best is None or key > best_key:
                     best, best_key = name, key

@@ -273,10 +273,7 @@ class Distributor(
         owned = self._own(
             job, success, error, self.new_handle(job), None, _job_size(job, args_bytes)
         )
-        if isinstance(owned, JobHandle):
-            return owned
-        assert owned.handle is not None
-        return owned.handle
+        return owned if isinstance(owned, JobHandle) else self._handle_of(owned)
 
     def new_handle(self, job: Job, cancel: Callable[[JobHandle], None] | None = None) -> JobHandle:
         return JobHandle(job.id, job.name, cancel or self.cancel)
@@ -300,10 +297,7 @@ class Distributor(
         (or ``max_waiting_bytes``) already. ``origin`` names the remote peer that sent it.
         """
         owned = self._own(job, success, error, handle or self.new_handle(job), origin)
-        if isinstance(owned, JobHandle):
-            return owned
-        assert owned.handle is not None
-        return owned.handle
+        return owned if isinstance(owned, JobHandle) else self._handle_of(owned)
 
     def _own(
         self,
