@@ -178,15 +178,20 @@ class Dispatch:
             if self.config.always_use_specified_node:
                 return None
         # The node with the most idle slots first (a job there starts at once), then the
-        # one with the most room: queued jobs spread evenly over busy nodes.
+        # one with the most room (queued jobs spread evenly over busy nodes), then the one
+        # that waited longest for a job (equal nodes take turns, however fast they report).
         best = None
-        best_key = (0, 0)
+        best_key = (0, 0, 0)
         links = self._links
         for name, room in rooms.items():
             if self._fits(job, name):
-                key = (room - links[name].queue_allowance, room)
+                link = links[name]
+                key = (room - link.queue_allowance, room, -link.last_chosen)
                 if best is None or key > best_key:
                     best, best_key = name, key
+        if best is not None:
+            self._routed += 1
+            links[best].last_chosen = self._routed
         return best
 
     def _send(self: Distributor, link: _NodeLink, entries: list[_Entry]) -> None:

@@ -91,6 +91,9 @@ class _NodeLink:
     load: set[str] = attrs.Factory(set)
     #: The node said it is stopping: it gets no more jobs.
     leaving: bool = False
+    #: When (in jobs routed) it was last chosen: of two equally free nodes, the one
+    #: that waited longer gets the next job, so a burst alternates over equal nodes.
+    last_chosen: int = 0
     #: The node refused jobs for its own trouble (storage down): rest it a moment.
     resting: bool = False
     #: The job names the node said in Hello it runs; None: it did not say (any name).

@@ -122,6 +122,8 @@ class Distributor(
         self._waiting: WaitingLine[_Entry] = WaitingLine(_priority)
         self._future: WaitingLine[_Entry] = WaitingLine(_priority)
         self._links: dict[str, _NodeLink] = {}
+        #: Jobs routed so far: orders the nodes' last turns, so equals take turns.
+        self._routed = 0
         self._grace_timers: dict[str, IDelayedCall] = {}
         self._dispatch_call: IDelayedCall | None = None
         self._in_flight: set[Deferred[Any]] = set()

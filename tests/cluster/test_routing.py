@@ -171,3 +171,27 @@ def test_paced_jobs_wait_for_room_on_their_node_without_spinning() -> None:
     assert [round(at, 3) for _, _, at in starts] == [0.0, 0.05, 0.1]
     assert all(outcome_of(h)["ran_on"] == "busy" for h in handles)
     cluster.stop()
+
+
+def test_equal_nodes_take_turns_even_when_each_job_is_over_before_the_next_comes() -> None:
+    """Both nodes are idle at every enqueue: the one that waited longer gets the job."""
+    starts: list[tuple[str, int, float]] = []
+    registry = registry_with(starts, "greet")
+    cluster = cluster_of({"w1": registry, "w2": registry})
+    ran_on = []
+    for i in range(6):
+        handle = cluster.distributor.enqueue("greet", {"i": i})
+        cluster.advance(1)  # over and reported: both nodes idle again
+        ran_on.append(outcome_of(handle)["ran_on"])
+    assert ran_on == ["w1", "w2"] * 3
+    cluster.stop()
+
+
+def test_a_burst_alternates_over_equal_nodes() -> None:
+    starts: list[tuple[str, int, float]] = []
+    registry = registry_with(starts, "greet")
+    cluster = cluster_of({"w1": registry, "w2": registry})
+    handles = [cluster.distributor.enqueue("greet", {"i": i}) for i in range(6)]
+    cluster.advance(1)
+    assert [outcome_of(h)["ran_on"] for h in handles] == ["w1", "w2"] * 3
+    cluster.stop()

@@ -287,5 +287,7 @@ def test_the_quick_start_runs_your_own_job_on_two_twist_nodes(tmp_path: Path) ->
     names = ["Ada", "Grace", "Linus", "Guido"]
     assert [line.split(" ran on ")[0] for line in lines] == [f"Hello, {n}!" for n in names]
     ran_on = [line.split(" ran on ")[1] for line in lines]
-    assert sorted(ran_on) == ["worker_1", "worker_1", "worker_2", "worker_2"]
+    # Both run jobs; an even 2/2 split holds unless one node falls two reports behind
+    # (a loaded CI machine), which the page says makes it get fewer.
+    assert set(ran_on) == {"worker_1", "worker_2"}
     assert result.stderr == ""
