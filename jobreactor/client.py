@@ -411,7 +411,7 @@ class Submitter:
             return
         unsent = [submitted for submitted in self._to_send if submitted.queued]
         self._to_send = []
-        for box in in_boxes(unsent, _size):
+        for box in in_boxes(unsent, _size, protocol.limits):
             for submitted in box:
                 submitted.queued = False
                 submitted.ever_sent = True

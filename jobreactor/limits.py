@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 #: Bytes of a job or report besides its args: ids, names, times, and two error texts.
 FIELDS_BYTES = 16 * 1024
+#: A list of jobs or reports is cut into boxes of about this many bytes of JSON, so one box
+#: never nears the 16 MiB limit of a value and a big batch does not stall the connection.
+BOX_BUDGET_BYTES = 4 * 1024 * 1024
+#: And into boxes of at most this many items, to interleave with other traffic.
+BOX_MAX_ITEMS = 200
 
 
 @attrs.frozen
@@ -69,6 +74,18 @@ class Limits:
     def box_bytes(self) -> int:
         """The box limit in force: never below what one largest job needs."""
         return max(self.max_box_bytes, self.max_item_bytes + 64 * 1024)
+
+    @property
+    def items_per_box(self) -> int:
+        """Most items this side puts in one box of jobs or reports: its own
+        ``max_items_per_command`` too, so a peer configured alike never refuses a box."""
+        return min(BOX_MAX_ITEMS, self.max_items)
+
+    @property
+    def bytes_per_box(self) -> int:
+        """JSON bytes this side puts in one box: half its box limit and half its keys at most
+        (a 64 KiB value per key), so a peer configured alike never refuses the box."""
+        return max(1, min(BOX_BUDGET_BYTES, self.box_bytes // 2, self.max_box_keys // 2 * 0xFFFF))
 
 
 DEFAULT_LIMITS = Limits()

@@ -36,11 +36,6 @@ PROTOCOL_VERSION = 2
 AMP_VALUE_LIMIT = 0xFFFF
 #: Most keys one JSON value may span: 16 MiB, above the largest ``max_args_bytes`` (8 MiB).
 MAX_JSON_CHUNKS = 256
-#: A list of jobs or reports is cut into boxes of about this many bytes of JSON, so one box
-#: never nears the 16 MiB limit of a value and a big batch does not stall the connection.
-BOX_BUDGET_BYTES = 4 * 1024 * 1024
-#: And into boxes of at most this many items, to interleave with other traffic.
-BOX_MAX_ITEMS = 200
 
 #: Refused commands of one connection logged in full; after that, one in this many.
 REFUSALS_LOGGED = 20
@@ -49,14 +44,18 @@ REFUSALS_LOGGED_EVERY = 100
 T = TypeVar("T")
 
 
-def in_boxes(items: Sequence[T], size_of: Callable[[T], int]) -> list[list[T]]:
+def in_boxes(
+    items: Sequence[T], size_of: Callable[[T], int], limits: Limits = DEFAULT_LIMITS
+) -> list[list[T]]:
     """Cut ``items`` into consecutive batches within the box budget (at least one item each)."""
     batches: list[list[T]] = []
     batch: list[T] = []
     used = 0
+    budget = limits.bytes_per_box
+    most = limits.items_per_box
     for item in items:
         size = size_of(item)
-        if batch and (used + size > BOX_BUDGET_BYTES or len(batch) >= BOX_MAX_ITEMS):
+        if batch and (used + size > budget or len(batch) >= most):
             batches.append(batch)
             batch, used = [], 0
         batch.append(item)

@@ -205,7 +205,7 @@ class Dispatch:
             if entry.job.run_at is None or entry.job.run_at <= later:
                 link.load.add(entry.job.id)  # it will take one of the node's slots
         link.gave_nothing = False  # its load changed: a GiveBack may find jobs again
-        for batch in in_boxes(entries, lambda entry: entry.size):
+        for batch in in_boxes(entries, lambda entry: entry.size, link.protocol.limits):
             sent = self._call(link, RunJobs, jobs=[entry.job.to_wire() for entry in batch])
             sent.addCallback(self._timed, link, self._clock.seconds())
             self._in_flight.add(sent)

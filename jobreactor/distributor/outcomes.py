@@ -251,7 +251,7 @@ class OutcomeDesk:
                 user=session.user,
             )
         put_back = [0]  # boxes fail in the order they were sent: keep that order
-        for box in in_boxes(reports, _report_size):
+        for box in in_boxes(reports, _report_size, link.protocol.limits):
             self._send_outcomes(origin, link, outbox, box, put_back)
 
     def _send_outcomes(

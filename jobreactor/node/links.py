@@ -179,6 +179,16 @@ class _DistributorLink:
         if self.flush_call is None and self.protocol is not None:
             self.flush_call = self.node._clock.callLater(0, self.flush)
 
+    def flush_now(self) -> None:
+        """Send what waits for the next turn's flush now, in this turn's write.
+
+        A batch of jobs that ran at once reports in the same TCP write as the answer that
+        accepted them: one packet and one reactor wake-up less per job on both sides.
+        """
+        if self.flush_call is not None and self.flush_call.active():
+            self.flush_call.cancel()
+            self.flush()
+
     def flush(self) -> None:
         """Send the outbox in one ``JobsDone``; on a lost link keep it for the next one."""
         self.flush_call = None
@@ -188,7 +198,8 @@ class _DistributorLink:
         limits = Limits.from_config(self.node.config)
         wire = [_wire_report(report, limits) for report in reports]
         put_back = [0]  # boxes fail in the order they were sent: keep the reports' order
-        for box in in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1]):
+        boxes = in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1], limits)
+        for box in boxes:
             self._send_box([report for report, _ in box], [data for _, (data, _) in box], put_back)
 
     def _send_box(

@@ -123,6 +123,13 @@ class Scheduling:
         self._due_now = {}  # those held while these start are the next turn's
         for job_id in due:
             self._due(job_id)
+        self._flush_reports()
+
+    def _flush_reports(self: Node) -> None:
+        # Jobs that ended inside this call report at once (see flush_now).
+        for link in self._links.values():
+            if link.flush_call is not None:
+                link.flush_now()
 
     def _due(self: Node, job_id: str) -> None:
         self._timers.pop(job_id, None)
@@ -178,6 +185,7 @@ class Scheduling:
     def _start_ready_now(self: Node) -> None:
         self._ready_call = None
         self._start_next_ready()
+        self._flush_reports()
 
     def _hand_back(self: Node, job: Job) -> None:
         """Give an unstarted job back to its distributor (this node is stopping)."""

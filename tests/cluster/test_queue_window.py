@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
@@ -190,3 +191,29 @@ def test_a_node_holding_more_jobs_than_a_command_may_list_rejoins_and_keeps_them
     cluster.advance(600 + 250 * LONG + 10, step=LONG)
     assert all(h.done for h in handles)
     assert sorted(i for i, _, _ in starts) == list(range(250))  # each ran once, on a
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"max_items_per_command": 50}, {"max_box_bytes": 64 * 1024, "max_args_bytes": 1024}],
+    ids=["50 items per command", "64 KiB boxes"],
+)
+def test_boxes_of_jobs_and_reports_stay_within_the_limits_both_sides_share(
+    setting: dict[str, Any],
+) -> None:
+    """The distributor cut RunJobs at 200 jobs and 4 MiB whatever the settings said: with
+    fewer allowed, the node refused every box of a burst."""
+    starts: list[tuple[int, str, float]] = []
+    clocks: list[Any] = []
+    config = Config(merge_job_itself_to_args=True, max_attempt=1, **setting)
+    cluster = LocalCluster(long_jobs(clocks, starts), config=config)
+    clocks.append(cluster.clock)
+    cluster.add_node("a", slots=300)
+    padding = "x" * 900 if "max_box_bytes" in setting else ""
+    handles = [cluster.distributor.enqueue("long", {"i": i, "pad": padding}) for i in range(300)]
+    cluster.advance(LONG + 1, step=LONG / 4)
+    assert sorted(i for i, _, _ in starts) == list(range(300))
+    results: list[Any] = []
+    for handle in handles:
+        handle.deferred.addBoth(results.append)
+    assert [r["i"] for r in results] == list(range(300))  # every one succeeded
