@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 
 from jobreactor.definitions import JobDefinition, JobFunction
 from jobreactor.errors import CancelJob
+from jobreactor.jsontext import compact
 from jobreactor.model import flat_json
 
 Args = dict[str, Any]
@@ -95,7 +95,7 @@ def _json_problems(args: Args) -> list[str]:
     """The top-level entries of ``args`` that JSON cannot carry (``job_itself`` aside)."""
     payload = {key: value for key, value in args.items() if key != "job_itself"}
     try:
-        json.dumps(payload, allow_nan=False)
+        compact(payload)
     except (TypeError, ValueError, RecursionError):
         pass
     else:
@@ -103,7 +103,7 @@ def _json_problems(args: Args) -> list[str]:
     problems = []
     for key, value in payload.items():
         try:
-            json.dumps({key: value}, allow_nan=False)
+            compact({key: value})
         except (TypeError, ValueError, RecursionError):
             problems.append(key)
     return problems

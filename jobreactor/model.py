@@ -354,6 +354,19 @@ class Job:
         and ``distributor``, if given, replace the checked values: the receiver's own (a
         node's "queued" and its link), one record built rather than a second by ``evolve``.
         """
+        return cls.from_wire_sized(data, limits, status=status, distributor=distributor)[0]
+
+    @classmethod
+    def from_wire_sized(
+        cls,
+        data: Any,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        status: Status | None = None,
+        distributor: str | None = None,
+    ) -> tuple[Job, int]:
+        """:meth:`from_wire`, and the bytes of the job's args as JSON (measured by the check,
+        so a receiver that keeps count of sizes does not encode them again)."""
         if not isinstance(data, dict):
             raise InvalidJobError(f"a job must be a JSON object, not {type(data).__name__}")
         if not _JOB_FIELDS.issuperset(data):
@@ -366,7 +379,9 @@ class Job:
         check_name(data["name"], "job field 'name'", limits)
         if not isinstance(data["args"], dict):
             raise InvalidJobError("job field 'args' must be an object")
-        encode_args(data["args"], limits.max_args_bytes, limits.max_depth, parsed=True)
+        args_bytes = len(
+            encode_args(data["args"], limits.max_args_bytes, limits.max_depth, parsed=True)
+        )
         values = dict(data)
         try:
             values["status"] = Status(data.get("status", Status.NEW.value))
@@ -420,7 +435,7 @@ class Job:
             values["status"] = status
         if distributor is not None:
             values["distributor"] = distributor
-        return cls(**values)
+        return cls(**values), args_bytes
 
     @property
     def is_final(self) -> bool:

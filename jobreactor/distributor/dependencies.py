@@ -14,12 +14,12 @@ dependent the same way.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from jobreactor.distributor.records import _Entry, log
+from jobreactor.jsontext import lenient
 from jobreactor.model import Report, Status
 from jobreactor.outcomes import refusal_report
 
@@ -144,7 +144,7 @@ class Dependencies:
         args["depends_on"] = {d: blocked.results.get(d, {}) for d in entry.job.depends_on}
         # No dependencies left to wait for: a reload after a restart queues it at once.
         entry.job = attrs.evolve(entry.job, args=args, depends_on=())
-        entry.size = len(json.dumps(args, separators=(",", ":"))) + 400
+        entry.size = len(lenient(args)) + 400
         self._keep_job(entry)
         log.info(
             "job {job_id} ({name}): its dependencies ended, it may run",

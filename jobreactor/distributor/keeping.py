@@ -13,7 +13,6 @@ handlers had not finished (run again).
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from twisted.python.failure import Failure
 from jobreactor.distributor.records import _Entry, _job_size, log
 from jobreactor.distributor.unique import follower_records, restore_followers
 from jobreactor.errors import InvalidJobError
+from jobreactor.jsontext import lenient
 from jobreactor.model import Job, Report, Status
 from jobreactor.results import (
     HANDLER_DONE,
@@ -142,9 +142,7 @@ class Keeping:
         }
         if entry.followers:
             record["followers"] = follower_records(entry)
-        self._ledger.add(
-            ("job", entry.job.id, json.dumps(record, separators=(",", ":")), entry.seq)
-        )
+        self._ledger.add(("job", entry.job.id, lenient(record), entry.seq))
 
     def _keep_node(self: Distributor, entry: _Entry) -> None:
         if self._ledger.durable:
@@ -172,7 +170,7 @@ class Keeping:
             (
                 "outcome",
                 outcome.job_id,
-                json.dumps(outcome.to_json(), separators=(",", ":"), default=repr),
+                lenient(outcome.to_json()),
                 outcome.finished_at + self.config.result_ttl,
                 outcome.origin,
                 0 if outcome.origin is not None else 1,

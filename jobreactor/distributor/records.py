@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobreactor.handle import JobHandle
+from jobreactor.jsontext import lenient
 from jobreactor.model import Job, Report
 
 Feedback = Callable[[dict[str, Any]], Any]
@@ -177,7 +177,7 @@ def _report_size(report: Report) -> int:
     a connection whose box passes ``max_box_bytes``. Texts count 6 bytes a character (the
     worst case of JSON's escapes)."""
     texts = len(report.job_id) + len(report.error or "") + len(report.error_type or "")
-    return len(json.dumps(report.args, separators=(",", ":"), default=repr)) + 400 + 6 * texts
+    return len(lenient(report.args)) + 400 + 6 * texts
 
 
 def log_failure(failure: Failure, /, what: str, **fields: Any) -> None:
@@ -193,5 +193,5 @@ def _job_size(job: Job, args_bytes: int | None = None) -> int:
     texts = [job.id, job.name, job.node or "", job.distributor or "", *job.not_node]
     texts += [job.last_error or "", job.last_error_type or ""]
     if args_bytes is None:
-        args_bytes = len(json.dumps(job.args, separators=(",", ":")))
+        args_bytes = len(lenient(job.args))
     return args_bytes + 400 + 6 * sum(map(len, texts))

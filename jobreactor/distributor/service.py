@@ -374,13 +374,13 @@ class Distributor(
         now = self._clock.seconds()
         finished = self._awaiting_delivery(link.name)
         limits = link.protocol.limits
-        fresh: list[Job] = []
+        fresh: list[tuple[Job, int]] = []
         for raw in raw_jobs:
             job_id = raw.get("id") if isinstance(raw, dict) else None
             if not isinstance(job_id, str) or len(job_id) > limits.max_name_length:
                 job_id = None  # echo back only what can be sent back
             try:
-                job = Job.from_wire(raw, limits)
+                job, args_bytes = Job.from_wire_sized(raw, limits)
             except InvalidJobError as error:
                 rejected.append({"id": job_id, "error": printable(str(error), 500)})
                 continue
@@ -401,13 +401,13 @@ class Distributor(
                 job = attrs.evolve(
                     job, status=Status.NEW, run=0, attempt=0, enqueued_at=job.enqueued_at or now
                 )
-            fresh.append(job)
+            fresh.append((job, args_bytes))
         full = None
-        for job in fresh:
+        for job, args_bytes in fresh:
             if job.id in self._owned:  # twice in one box
                 accepted.append(job.id)
                 continue
-            size = _job_size(job)
+            size = _job_size(job, args_bytes)
             full = full or self._admission.full(link.name, 1, size)
             if full is not None:
                 # Past a cap: this job (and the rest) stay with the sender, who offers them

@@ -8,7 +8,6 @@ they wait in its outbox and go out when it is back.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -22,7 +21,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.client import Submitter
 from jobreactor.dialing import DialReport, check_client_endpoint
-from jobreactor.jsontext import compact
+from jobreactor.jsontext import compact, lenient
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
 from jobreactor.login import say_hello
 from jobreactor.model import Job, Report, Status, encode_args, flat_json
@@ -89,7 +88,7 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
         message = cut_error_text(f"the job's args could not be sent: {error}", limits)
         data["args"] = {"error": message}
         data["error"] = data["error"] or message
-        size = len(json.dumps(data, separators=(",", ":"), default=repr))
+        size = len(lenient(data))
     return data, size
 
 

@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jobreactor.errors import ConfigError
+from jobreactor.jsontext import compact
 from jobreactor.limits import printable
 from jobreactor.model import Job, Status
 from jobreactor.storage.base import IJobStorage, PermanentStorageError, StorageError
@@ -183,7 +184,7 @@ return 0
 
 
 def _job_json(job: Job) -> str:
-    return json.dumps(job.to_wire(), separators=(",", ":"), allow_nan=False)
+    return compact(job.to_wire())
 
 
 @implementer(IJobStorage)
