@@ -21,13 +21,14 @@ from twisted.python.failure import Failure
 
 from jobreactor.client import Submitter
 from jobreactor.dialing import DialReport, check_client_endpoint
-from jobreactor.jsontext import compact, lenient
+from jobreactor.jsontext import compact
 from jobreactor.limits import DEFAULT_LIMITS, Limits, cut_error_text, printable
 from jobreactor.login import say_hello
 from jobreactor.model import Job, Report, Status, encode_args, flat_json
 from jobreactor.protocol import (
     BadMessage,
     CancelJobs,
+    Encoded,
     GiveBack,
     JobReactorAMP,
     JobsDone,
@@ -59,10 +60,12 @@ def endpoint_description(address: str | tuple[str, int]) -> str:
     return check_client_endpoint(address)  # a URL or host:port gets the right form
 
 
-def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, Any], int]:
-    """A report's wire form and size, within the limits the distributor checks: error texts
-    are cut to ``max_error_length``, and args that cannot travel (not JSON, too large, too
-    deep) are replaced by an error, so one job's outcome never sinks the others' box."""
+def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """A report's JSON text, within the limits the distributor checks: error texts are cut to
+    ``max_error_length``, and args that cannot travel (not JSON, too large, too deep) are
+    replaced by an error, so one job's outcome never sinks the others' box. The text is
+    sent as it is (``Encoded``): each report is encoded once, its length is its size. None
+    (and a warning) for the rare report that still cannot be encoded: it alone is lost."""
     data = report.to_wire()
     data["error"] = None if report.error is None else cut_error_text(report.error, limits)
     if report.error_type is not None and len(report.error_type) > limits.max_name_length:
@@ -80,16 +83,23 @@ def _wire_report(report: Report, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
             pass  # an error text JSON cannot carry? the full checks below say
         else:
             if len(text) <= limit and "\\ud" not in text:
-                return data, len(text)
+                return text
     try:
         encode_args(report.args, limit, limits.max_depth)
-        size = len(compact(data))
+        return compact(data)
     except (TypeError, ValueError, RecursionError) as error:
         message = cut_error_text(f"the job's args could not be sent: {error}", limits)
         data["args"] = {"error": message}
         data["error"] = data["error"] or message
-        size = len(lenient(data))
-    return data, size
+        try:
+            return compact(data)
+        except (TypeError, ValueError, RecursionError) as error:
+            log.warn(
+                "could not send the report of job {job_id}: {error}",
+                job_id=printable(report.job_id),
+                error=printable(error),
+            )
+            return None
 
 
 class _NodeProtocolFactory(Factory):
@@ -195,22 +205,23 @@ class _DistributorLink:
             return
         reports, self.outbox = self.outbox, []
         limits = Limits.from_config(self.node.config)
-        wire = [_wire_report(report, limits) for report in reports]
+        encoded = [(report, _wire_report(report, limits)) for report in reports]
+        sendable = [(report, text) for report, text in encoded if text is not None]
         put_back = [0]  # boxes fail in the order they were sent: keep the reports' order
-        boxes = in_boxes(list(zip(reports, wire, strict=True)), lambda pair: pair[1][1], limits)
+        boxes = in_boxes(sendable, lambda pair: len(pair[1]), limits)
         for box in boxes:
-            self._send_box([report for report, _ in box], [data for _, (data, _) in box], put_back)
+            self._send_box([report for report, _ in box], [text for _, text in box], put_back)
 
-    def _send_box(
-        self, reports: list[Report], wire: list[dict[str, Any]], put_back: list[int]
-    ) -> None:
+    def _send_box(self, reports: list[Report], texts: list[str], put_back: list[int]) -> None:
         assert self.protocol is not None
         try:
-            sent: Deferred[Any] = self.protocol.callRemote(JobsDone, reports=wire)
-        except Exception as error:  # cannot be encoded: one bad report must sink only itself
+            sent: Deferred[Any] = self.protocol.callRemote(
+                JobsDone, reports=Encoded(f"[{','.join(texts)}]")
+            )
+        except Exception as error:  # cannot be sent: one bad report must sink only itself
             if len(reports) > 1:
-                for report, data in zip(reports, wire, strict=True):
-                    self._send_box([report], [data], put_back)
+                for report, text in zip(reports, texts, strict=True):
+                    self._send_box([report], [text], put_back)
                 return
             log.warn(
                 "could not send the report of job {job_id}: {error}",

@@ -102,3 +102,40 @@ def test_a_job_that_changes_its_args_in_place_leaves_its_record_and_retry_alone(
         assert done and done[0]["x"] == "changed"
     finally:
         cluster.stop()
+
+
+def test_args_a_report_cannot_carry_become_an_error_and_sink_no_other_report() -> None:
+    """Each report is encoded once and sent as that text: one whose args grew too large or
+    too deep carries an error in their place, and the reports beside it arrive unchanged."""
+    registry = JobRegistry()
+    with registering_into(registry):
+
+        @job("grow")
+        def grow(args: dict[str, Any]) -> None:
+            args["big"] = "x" * 5000
+
+        @job("deep")
+        def deep(args: dict[str, Any]) -> None:
+            nested: Any = 1
+            for _ in range(80):
+                nested = [nested]
+            args["deep"] = nested
+
+        @job("fine")
+        def fine(args: dict[str, Any]) -> None:
+            args["ok"] = "é"
+
+    cluster = LocalCluster(registry, config=Config(max_args_bytes=2048, max_attempt=1))
+    try:
+        cluster.add_node("a")
+        handles = [cluster.distributor.enqueue(name, {}) for name in ("fine", "grow", "deep")]
+        cluster.advance(1)
+        results: list[Any] = []
+        for handle in handles:
+            handle.deferred.addBoth(results.append)
+        assert results[0] == {"ok": "é"}
+        assert results[1]["error"].startswith("the job's args could not be sent: job args are")
+        assert "above the limit of 2048 bytes" in results[1]["error"]
+        assert "nested too deeply" in results[2]["error"]
+    finally:
+        cluster.stop()
