@@ -151,7 +151,7 @@ class Dependencies:
             job_id=entry.job.id,
             name=entry.job.name,
         )
-        self._queue_for(entry).append(entry)
+        self._line_up(entry)
         self._schedule_dispatch()
 
     @property

@@ -10,6 +10,7 @@ so nothing spins while waiting. Jobs due later wait apart and go to a node early
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from jobreactor.answers import read_run_jobs_answer
 from jobreactor.distributor.records import (
     FUTURE_MARGIN,
+    PACK_BEYOND,
     REST_SECONDS,
     _Entry,
     _NodeLink,
@@ -53,6 +55,21 @@ class Dispatch:
         if run_at is not None and run_at > self._clock.seconds() + FUTURE_MARGIN:
             return self._future
         return self._waiting
+
+    def _line_up(self: Distributor, entry: _Entry) -> None:
+        """Put a job at the end of its line; far from the head it waits packed (a third of
+        the memory; it is unpacked when it leaves the line, or when anything reads it)."""
+        line = self._queue_for(entry)
+        line.append(entry)
+        if len(line) > PACK_BEYOND:
+            entry.pack()
+
+    def _pack_deep(self: Distributor) -> None:
+        """Pack the jobs far from the head of the lines (once, after a restart reloaded
+        them: reloading reads every job)."""
+        for line in (self._waiting, self._future):
+            for entry in islice(line, PACK_BEYOND, None):
+                entry.pack()
 
     def _schedule_dispatch(self: Distributor) -> None:
         if self._dispatch_call is None and self.running:

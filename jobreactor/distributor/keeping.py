@@ -84,6 +84,7 @@ class Keeping:
                 self.config.node_grace_period, self._reroute, node
             )
         await self._reload_unique()
+        self._pack_deep()
         undelivered = await self.storage.outcomes("undelivered", RELOAD_LIMIT)
         for outcome in undelivered:
             if outcome.origin is not None:

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from jobreactor.handle import JobHandle
 from jobreactor.jsontext import lenient
-from jobreactor.model import Job, Report
+from jobreactor.model import Job, Report, pack_job, unpack_job
 
 Feedback = Callable[[dict[str, Any]], Any]
 
@@ -33,9 +33,20 @@ if TYPE_CHECKING:
     from jobreactor.distributor.sessions import DistributorProtocol
 
 
-@attrs.define(eq=False)
+#: A job further than this from the head of the waiting line waits as packed text
+#: (:meth:`_Entry.pack`): it will wait long enough to repay the few microseconds.
+PACK_BEYOND = 10_000
+
+
+@attrs.define(eq=False, weakref_slot=False)
 class _Entry:
-    """A job the distributor owns, with the application's feedbacks and handle."""
+    """A job the distributor owns, with the application's feedbacks and handle.
+
+    Deep in a long waiting line an entry keeps its job and size packed as one short text
+    (:func:`~jobreactor.model.pack_job`, a third of the memory): ``job`` and ``size`` are
+    then unset slots, and reading either unpacks both again (:meth:`__getattr__`), so the
+    code that uses ``entry.job`` never sees the difference.
+    """
 
     job: Job
     #: None for a job nobody in this process holds a handle to (a remote peer's job).
@@ -63,6 +74,33 @@ class _Entry:
     #: Reloaded by a restart, which does not know every node it was sent to: any node may
     #: still report it or keep it through ``held`` (rather than run it twice).
     sent_to_unknown: bool = False
+    #: The packed job and size while it waits packed (``job`` and ``size`` are then unset).
+    packed: bytes | None = None
+
+    def pack(self) -> None:
+        """Keep the job as packed text while it waits here (not for a job on a node)."""
+        if self.packed is None and self.node is None:
+            packed = pack_job(self.job, self.size)
+            if packed is not None:
+                self.packed = packed
+                del self.job, self.size
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for a slot that is unset: ``job`` or ``size`` of a packed entry.
+        if name not in ("job", "size"):
+            raise AttributeError(name)
+        packed = self.packed
+        if packed is None:
+            raise AttributeError(name)
+        self.packed = None
+        self.job, self.size = unpack_job(packed)
+        return getattr(self, name)
+
+    def peek(self) -> Job:
+        """The job, unpacked for a look without keeping it so (a view of the whole line
+        must not unpack every job for good)."""
+        packed = self.packed
+        return unpack_job(packed)[0] if packed is not None else self.job
 
     def was_sent_to(self, node: str) -> bool:
         return self.sent_to_unknown or node == self.node or node in self.sent_to

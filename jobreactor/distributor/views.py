@@ -29,20 +29,20 @@ class ClusterViews:
     def waiting_jobs(self, limit: int) -> list[Job]:
         """The first ``limit`` jobs waiting here, in the order they will go (O(limit))."""
         distributor = cast("Distributor", self)
-        jobs = [entry.job for entry in islice(distributor._waiting, limit)]
+        jobs = [entry.peek() for entry in islice(distributor._waiting, limit)]
         if len(jobs) < limit:
-            jobs.extend(entry.job for entry in islice(distributor._future, limit - len(jobs)))
+            jobs.extend(entry.peek() for entry in islice(distributor._future, limit - len(jobs)))
         return jobs
 
     def owned_jobs(self) -> list[tuple[Job, str | None]]:
         """Every job owned here with the node holding it (None: waiting here)."""
         owned = cast("Distributor", self)._owned
-        return [(entry.job, entry.node) for entry in owned.values()]
+        return [(entry.peek(), entry.node) for entry in owned.values()]
 
     def owned_job(self, job_id: str) -> tuple[Job, str | None] | None:
         """One owned job and the node holding it, or None if it is not pending here."""
         entry = cast("Distributor", self)._owned.get(job_id)
-        return None if entry is None else (entry.job, entry.node)
+        return None if entry is None else (entry.peek(), entry.node)
 
     def cancel_ids(self, job_ids: list[str]) -> list[str]:
         """Cancel the pending jobs among ``job_ids`` (as ``cancel``); return those ids."""
