@@ -663,13 +663,15 @@ def pack_job(job: Job, extra: int) -> bytes | None:
     for index in range(last):
         value = values[index]
         kind = type(value)
-        if kind in _PLAIN or index == 2:
-            continue
-        if index == _PACK_STATUS and kind is Status:
+        if index == _PACK_STATUS:
+            if kind is not Status:
+                return None
             packed[index + 1] = value.value
-        elif index in _PACK_TUPLES and kind is tuple and all(type(i) is str for i in value):
+        elif index in _PACK_TUPLES:
+            if kind is not tuple or not all(type(item) is str for item in value):
+                return None
             packed[index + 1] = list(value)
-        else:
+        elif kind not in _PLAIN and index != 2:  # (args: checked above)
             return None
     try:
         return compact(packed).encode("ascii")

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from jobreactor import Client, Config, JobRegistry, job
 from jobreactor.definitions import registering_into
+from jobreactor.distributor import dispatch
 from jobreactor.distributor.ledger import RETRY_FIRST, GroupCommit
 from jobreactor.results import HandlerRegistry, Outcome, on_result, registering_handlers_into
 from jobreactor.storage import RedisStorage, SQLiteStorage
@@ -270,6 +271,38 @@ async def test_waiting_jobs_are_reloaded_in_priority_then_fifo_order(
     assert second.distributor.id == identity, "a restarted distributor is the same one"
     assert second.distributor.waiting == len(priorities)
     second.add_node("worker", slots=1)  # one at a time: the order they run in is the order
+    await settle(second, lambda: len(ran) == len(priorities))
+    assert ran == [("work", n) for n in (6, 1, 3, 0, 2, 5, 4)]
+    await stopped(second)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloaded_jobs_deep_in_the_line_wait_packed_and_keep_order_and_keys(
+    registry: JobRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "PACK_BEYOND", 2)
+    storage = f"sqlite:{tmp_path / 'distributor.db'}"
+    first = await started(registry, storage)
+    priorities = [0, 5, 0, 5, -1, 0, 9]
+    handles = [
+        first.distributor.enqueue("work", {"n": n}, priority=priority, unique_key=f"k{n}")
+        for n, priority in enumerate(priorities)
+    ]
+    for handle in handles:
+        assert await result_of(first, handle.accepted) == handle.id
+    await stopped(first)
+
+    second = await started(registry, storage)
+    owned = second.distributor._owned
+    assert sum(owned[h.id].packed is not None for h in handles) == len(priorities) - 2
+    # The keys were taken again at the reload (which read every job), and the jobs
+    # packed after it: a second enqueue with a key gets the packed job.
+    again = second.distributor.enqueue("work", {"n": 99}, unique_key="k4")
+    assert again.id == handles[4].id
+    assert owned[handles[4].id].job == attrs.evolve(
+        owned[handles[4].id].job, args={"n": 4}, priority=-1, unique_key="k4"
+    )
+    second.add_node("worker", slots=1)
     await settle(second, lambda: len(ran) == len(priorities))
     assert ran == [("work", n) for n in (6, 1, 3, 0, 2, 5, 4)]
     await stopped(second)
