@@ -89,8 +89,8 @@ def test_jobs_beyond_the_depth_wait_packed_and_come_out_the_same(
         for i, h in enumerate(handles)
     }
     entry = cluster.distributor._owned[handles[-1].id]
-    with pytest.raises(AttributeError):  # no Job is held, only the text
-        type(entry).job.__get__(entry, type(entry))  # the slot itself, not __getattr__
+    with pytest.raises(AttributeError):  # no Job is held, only the text: the slot itself
+        object.__getattribute__(entry, "job")  # (not through __getattr__) is empty
     # Views show the packed jobs without unpacking them for good.
     shown = cluster.distributor.waiting_jobs(100)
     assert {job.id: job for job in shown} == originals

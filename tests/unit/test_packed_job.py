@@ -101,7 +101,7 @@ def test_a_plain_job_packs_to_its_id_name_args_and_enqueue_time() -> None:
 
 #: One value other than the default for each field, alone on an otherwise plain job: each
 #: field is written and read in its place (the unset ones after it are left out).
-ONE_FIELD = {
+ONE_FIELD: dict[str, Any] = {
     "status": Status.QUEUED,
     "attempt": 1,
     "run": 4,
