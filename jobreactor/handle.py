@@ -27,12 +27,14 @@ class JobHandle:
     """
 
     __slots__ = (
+        "__weakref__",
         "_acceptance",
         "_acceptance_waiters",
         "_accepted_event",
         "_cancel",
         "_deferred",
         "_done",
+        "_keeper",
         "_outcome",
         "_settled",
         "id",
@@ -53,6 +55,10 @@ class JobHandle:
         self._acceptance: Any = True
         self._acceptance_waiters: list[Deferred[str]] | None = None
         self._accepted_event: threading.Event | None = None
+        #: Called once when ``deferred`` is first made: a distributor that holds this handle
+        #: weakly (nobody but its caller can use it) holds it from then on, as whoever holds
+        #: only the Deferred still waits for the outcome.
+        self._keeper: Callable[[JobHandle], None] | None = None
 
     def __repr__(self) -> str:
         state = "done" if self._settled else "pending"
@@ -66,6 +72,9 @@ class JobHandle:
     def deferred(self) -> Deferred[dict[str, Any]]:
         if self._deferred is None:
             self._deferred = Deferred()
+            keeper, self._keeper = self._keeper, None
+            if keeper is not None:
+                keeper(self)
             if self._settled:
                 self._fire(self._deferred)
         return self._deferred

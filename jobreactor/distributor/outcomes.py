@@ -145,8 +145,7 @@ class OutcomeDesk:
         self._unique_release(entry, report)
         self._dependency_finished(entry, report)
         self._fire(entry, report)
-        if entry.handle is not None:
-            entry.handle._settle(outcome)
+        self._settle_handle(entry, outcome)
 
     def _fire(self: Distributor, entry: _Entry, report: Report) -> None:
         if entry.origin is not None:

@@ -12,6 +12,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakValueDictionary
 
 import attrs
 from twisted.application import service
@@ -163,6 +164,9 @@ class Distributor(
         #: What every handle made here calls to cancel: one bound method for all of them
         #: (a bound method made for each handle cost a third of the handle's memory).
         self._cancel_handle: Callable[[JobHandle], None] = self.cancel
+        #: Handles made by ``enqueue`` that only their caller holds, by job id: a handle
+        #: nobody holds any more leaves by itself (see ``_own``).
+        self._handles: WeakValueDictionary[str, JobHandle] = WeakValueDictionary()
 
     # -- service life --------------------------------------------------------------
 
@@ -275,10 +279,9 @@ class Distributor(
             max_args_bytes=self.config.max_args_bytes,
             limits=Limits.from_config(self.config),
         )
-        owned = self._own(
-            job, success, error, self.new_handle(job), None, _job_size(job, args_bytes)
-        )
-        return owned if isinstance(owned, JobHandle) else self._handle_of(owned)
+        handle = self.new_handle(job)
+        owned = self._own(job, success, error, handle, None, _job_size(job, args_bytes), weak=True)
+        return owned if isinstance(owned, JobHandle) else handle
 
     def new_handle(self, job: Job, cancel: Callable[[JobHandle], None] | None = None) -> JobHandle:
         return JobHandle(job.id, job.name, cancel or self._cancel_handle)
@@ -301,8 +304,12 @@ class Distributor(
         Raises :class:`QueueFullError` when the distributor holds ``max_waiting_jobs``
         (or ``max_waiting_bytes``) already. ``origin`` names the remote peer that sent it.
         """
-        owned = self._own(job, success, error, handle or self.new_handle(job), origin)
-        return owned if isinstance(owned, JobHandle) else self._handle_of(owned)
+        if handle is not None:  # the caller's: it may have been used already (held, as ever)
+            owned = self._own(job, success, error, handle, origin)
+            return owned if isinstance(owned, JobHandle) else handle
+        handle = self.new_handle(job)
+        owned = self._own(job, success, error, handle, origin, weak=True)
+        return owned if isinstance(owned, JobHandle) else handle
 
     def _own(
         self,
@@ -312,11 +319,16 @@ class Distributor(
         handle: JobHandle | None,
         origin: str | None,
         size: int | None = None,
+        *,
+        weak: bool = False,
     ) -> JobHandle | _Entry:
         """Own ``job``: its entry, or the handle of the job that holds its unique key.
 
         ``handle`` None: nobody in this process can hold one (a remote peer's job), so none
-        is made (most of the memory of a waiting job was its handle).
+        is made (most of the memory of a waiting job was its handle). ``weak``: the handle
+        was just made here for the caller, who may drop it at once (a job enqueued with
+        feedbacks only): it is held weakly (:attr:`_handles`) until ``handle.deferred`` is
+        made, and a handle nobody holds costs nothing while the job waits.
         """
         check_feedbacks(success, error)
         twin = self._unique_twin(job, success, error, origin)
@@ -329,8 +341,16 @@ class Distributor(
         if origin is None:
             self._admission.check_local(size)
         entry = _Entry(
-            job=job, handle=handle, success=success, error=error, size=size, origin=origin
+            job=job,
+            handle=None if weak else handle,
+            success=success,
+            error=error,
+            size=size,
+            origin=origin,
         )
+        if weak and handle is not None:
+            self._handles[job.id] = handle
+            handle._keeper = self._keep_handle
         self._admission.add(origin, size)
         self._owned[job.id] = entry
         self._unique_claim(entry)
@@ -345,10 +365,26 @@ class Distributor(
         return entry
 
     def _handle_of(self, entry: _Entry) -> JobHandle:
-        """The entry's handle, made now if nobody asked for one before (a remote job)."""
+        """The entry's handle (held from now on), made now if nobody asked for one before
+        (a remote job) or if nobody holds the one made at enqueue any more."""
         if entry.handle is None:
-            entry.handle = self.new_handle(entry.job)
+            handle = self._handles.pop(entry.job.id, None)
+            entry.handle = handle if handle is not None else self.new_handle(entry.job)
         return entry.handle
+
+    def _keep_handle(self, handle: JobHandle) -> None:
+        """Hold a weakly held handle from now on (its Deferred was made: see ``_own``)."""
+        entry = self._owned.get(handle.id)
+        if entry is not None and entry.handle is None:
+            entry.handle = handle
+            self._handles.pop(handle.id, None)
+
+    def _settle_handle(self, entry: _Entry, outcome: Any) -> None:
+        """Give the job's outcome to its handle, if anyone holds one."""
+        weak = self._handles.pop(entry.job.id, None)
+        handle = entry.handle if entry.handle is not None else weak
+        if handle is not None:
+            handle._settle(outcome)
 
     def cancel(self, handle: JobHandle) -> None:
         """Stop the job of ``handle``: drop it if it waits here, else ask its node."""
