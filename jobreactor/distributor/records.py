@@ -38,6 +38,20 @@ if TYPE_CHECKING:
 PACK_BEYOND = 10_000
 
 
+class _Rare:
+    """The fields of an entry that few entries set, apart: the others do not pay for them
+    (a slot is 8 bytes an entry, a million waiting jobs hold a million entries)."""
+
+    __slots__ = ("cancel_requested", "followers", "owner", "sent_to_unknown", "seq")
+
+    def __init__(self) -> None:
+        self.cancel_requested = False
+        self.followers: tuple[Any, ...] = ()
+        self.owner: str | None = None
+        self.sent_to_unknown = False
+        self.seq = -1
+
+
 @attrs.define(eq=False, weakref_slot=False)
 class _Entry:
     """A job the distributor owns, with the application's feedbacks and handle.
@@ -61,21 +75,71 @@ class _Entry:
     size: int = 0
     #: The name of the remote peer that enqueued the job: its reports go back there.
     origin: str | None = None
-    #: The application asked to cancel it while it was on a node.
-    cancel_requested: bool = False
-    #: Order in which it was first owned (kept in storage; -1 until written).
-    seq: int = -1
-    #: Later enqueuers of the same ``unique_key`` (see :mod:`.unique`).
-    followers: tuple[Any, ...] = ()
-    #: The authenticated user that enqueued it (None: this process, or no authentication).
-    owner: str | None = None
     #: Every node it was sent to: only their reports and ``held`` lists count for it.
     sent_to: tuple[str, ...] = ()  # a tuple: most jobs go to one node (an empty set is 216 B)
-    #: Reloaded by a restart, which does not know every node it was sent to: any node may
-    #: still report it or keep it through ``held`` (rather than run it twice).
-    sent_to_unknown: bool = False
     #: The packed job and size while it waits packed (``job`` and ``size`` are then unset).
     packed: bytes | None = None
+    #: The fields few entries set (the properties below), made for the first one set.
+    _rare: _Rare | None = None
+
+    def _rare_fields(self) -> _Rare:
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = _Rare()
+        return rare
+
+    @property
+    def cancel_requested(self) -> bool:
+        """The application asked to cancel it while it was on a node."""
+        rare = self._rare
+        return rare is not None and rare.cancel_requested
+
+    @cancel_requested.setter
+    def cancel_requested(self, value: bool) -> None:
+        self._rare_fields().cancel_requested = value
+
+    @property
+    def seq(self) -> int:
+        """Order in which it was first owned (kept in storage; -1 until written)."""
+        rare = self._rare
+        return -1 if rare is None else rare.seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self._rare_fields().seq = value
+
+    @property
+    def followers(self) -> tuple[Any, ...]:
+        """Later enqueuers of the same ``unique_key`` (see :mod:`.unique`)."""
+        rare = self._rare
+        return () if rare is None else rare.followers
+
+    @followers.setter
+    def followers(self, value: tuple[Any, ...]) -> None:
+        self._rare_fields().followers = value
+
+    @property
+    def owner(self) -> str | None:
+        """The authenticated user that enqueued it (None: this process, or no
+        authentication)."""
+        rare = self._rare
+        return None if rare is None else rare.owner
+
+    @owner.setter
+    def owner(self, value: str | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().owner = value
+
+    @property
+    def sent_to_unknown(self) -> bool:
+        """Reloaded by a restart, which does not know every node it was sent to: any node
+        may still report it or keep it through ``held`` (rather than run it twice)."""
+        rare = self._rare
+        return rare is not None and rare.sent_to_unknown
+
+    @sent_to_unknown.setter
+    def sent_to_unknown(self, value: bool) -> None:
+        self._rare_fields().sent_to_unknown = value
 
     def pack(self) -> None:
         """Keep the job as packed text while it waits here (not for a job on a node)."""
@@ -103,7 +167,7 @@ class _Entry:
         return unpack_job(packed)[0] if packed is not None else self.job
 
     def was_sent_to(self, node: str) -> bool:
-        return self.sent_to_unknown or node == self.node or node in self.sent_to
+        return node == self.node or node in self.sent_to or self.sent_to_unknown
 
 
 @attrs.frozen
