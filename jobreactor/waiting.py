@@ -38,9 +38,11 @@ class WaitingLine(Generic[T]):
         """How many items wait at each priority level."""
         return {level: len(line) for level, line in self._levels.items()}
 
-    def append(self, item: T) -> None:
+    def append(self, item: T) -> int:
+        """Add ``item`` at the end of its level; return how many items wait now."""
         self._levels.setdefault(self._priority_of(item), deque()).append(item)
         self._size += 1
+        return self._size
 
     def appendleft(self, item: T) -> None:
         self._levels.setdefault(self._priority_of(item), deque()).appendleft(item)

@@ -59,9 +59,7 @@ class Dispatch:
     def _line_up(self: Distributor, entry: _Entry) -> None:
         """Put a job at the end of its line; far from the head it waits packed (a third of
         the memory; it is unpacked when it leaves the line, or when anything reads it)."""
-        line = self._queue_for(entry)
-        line.append(entry)
-        if len(line) > PACK_BEYOND:
+        if self._queue_for(entry).append(entry) > PACK_BEYOND:
             entry.pack()
 
     def _pack_deep(self: Distributor) -> None:

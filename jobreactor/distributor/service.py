@@ -12,7 +12,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from weakref import WeakValueDictionary
 
 import attrs
 from twisted.application import service
@@ -36,6 +35,7 @@ from jobreactor.distributor.records import (
     STOP_WAIT,
     Feedback,
     NodeInfo,
+    WeakHandles,
     _Entry,
     _job_size,
     _NodeLink,
@@ -166,7 +166,7 @@ class Distributor(
         self._cancel_handle: Callable[[JobHandle], None] = self.cancel
         #: Handles made by ``enqueue`` that only their caller holds, by job id: a handle
         #: nobody holds any more leaves by itself (see ``_own``).
-        self._handles: WeakValueDictionary[str, JobHandle] = WeakValueDictionary()
+        self._handles = WeakHandles()
 
     # -- service life --------------------------------------------------------------
 
@@ -349,7 +349,7 @@ class Distributor(
             origin=origin,
         )
         if weak and handle is not None:
-            self._handles[job.id] = handle
+            self._handles.add(job.id, handle)
             handle._keeper = self._keep_handle
         self._admission.add(origin, size)
         self._owned[job.id] = entry
@@ -368,7 +368,7 @@ class Distributor(
         """The entry's handle (held from now on), made now if nobody asked for one before
         (a remote job) or if nobody holds the one made at enqueue any more."""
         if entry.handle is None:
-            handle = self._handles.pop(entry.job.id, None)
+            handle = self._handles.pop(entry.job.id)
             entry.handle = handle if handle is not None else self.new_handle(entry.job)
         return entry.handle
 
@@ -377,11 +377,11 @@ class Distributor(
         entry = self._owned.get(handle.id)
         if entry is not None and entry.handle is None:
             entry.handle = handle
-            self._handles.pop(handle.id, None)
+            self._handles.pop(handle.id)
 
     def _settle_handle(self, entry: _Entry, outcome: Any) -> None:
         """Give the job's outcome to its handle, if anyone holds one."""
-        weak = self._handles.pop(entry.job.id, None)
+        weak = self._handles.pop(entry.job.id)
         handle = entry.handle if entry.handle is not None else weak
         if handle is not None:
             handle._settle(outcome)
