@@ -587,10 +587,10 @@ class Report:
 
 # -- the packed form: a waiting job as one short JSON text ----------------------------------
 
-#: The order of a job's fields in its packed form, those most often set first: the unset
-#: ones at the end are left out (a plain job packs to its id, name, args and enqueue time).
+#: The order of a job's fields in its packed form (all but the id, which the holder keeps),
+#: those most often set first: the unset ones at the end are left out (a plain job packs to
+#: its name, args and enqueue time).
 _PACK_ORDER = (
-    "id",
     "name",
     "args",
     "enqueued_at",
@@ -619,7 +619,8 @@ _PACK_ORDER = (
     "last_error_type",
     "make_after",
 )
-assert frozenset(_PACK_ORDER) == _JOB_FIELDS and len(_PACK_ORDER) == len(_JOB_FIELDS)
+assert {"id", *_PACK_ORDER} == _JOB_FIELDS and len(_PACK_ORDER) == len(_JOB_FIELDS) - 1
+_PACK_ARGS = _PACK_ORDER.index("args")
 _PACK_DEFAULTS = tuple(attrs.fields_dict(Job)[name].default for name in _PACK_ORDER)
 #: The types a field (other than args, status and the tuples) keeps exactly through JSON.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -642,19 +643,20 @@ def _exact_json(value: Any) -> bool:
 
 
 def pack_job(job: Job, extra: int) -> bytes | None:
-    """The job and one integer beside it (``extra``) as compact JSON text, to keep instead
-    of the :class:`Job` while it waits (a third of the memory); :func:`unpack_job` gives
-    back an equal job, every field of the same type. None if some field would not come
-    back exactly so (a tuple or a subclass in the args, a NaN): such a job stays a Job."""
+    """The job but its id, and one integer beside it (``extra``), as compact JSON text, to
+    keep instead of the :class:`Job` while it waits (a third of the memory; the holder keeps
+    the id, which it has anyway). :func:`unpack_job` with that id gives back an equal job,
+    every field of the same type. None if some field would not come back exactly so (a
+    tuple or a subclass in the args, a NaN): such a job stays a Job."""
     values = _PACK_GET(job)
     last = len(values)
     defaults = _PACK_DEFAULTS
     # Unset fields are their defaults themselves (None, 0, False, (), Status.NEW): an
     # identical value is one JSON would give back as it is, so it is left out.
     while values[last - 1] is defaults[last - 1]:
-        last -= 1  # (stops at args at the latest: id, name and args have no default)
+        last -= 1  # (stops at args at the latest: name and args have no default)
     packed: list[Any] = [extra, *values[:last]]
-    args = values[2]
+    args = values[_PACK_ARGS]
     try:
         if type(args) is not dict or not (flat_json(args) or _exact_json(args)):
             return None
@@ -671,7 +673,7 @@ def pack_job(job: Job, extra: int) -> bytes | None:
             if kind is not tuple or not all(type(item) is str for item in value):
                 return None
             packed[index + 1] = list(value)
-        elif kind not in _PLAIN and index != 2:  # (args: checked above)
+        elif kind not in _PLAIN and index != _PACK_ARGS:  # (args: checked above)
             return None
     try:
         return compact(packed).encode("ascii")
@@ -679,11 +681,12 @@ def pack_job(job: Job, extra: int) -> bytes | None:
         return None
 
 
-def unpack_job(data: bytes) -> tuple[Job, int]:
-    """The job and the integer of :func:`pack_job`. Trusted: the text was made by
-    ``pack_job`` from a job already checked, so nothing is checked again."""
+def unpack_job(data: bytes, job_id: str) -> tuple[Job, int]:
+    """The job ``job_id`` and the integer of :func:`pack_job`. Trusted: the text was made
+    by ``pack_job`` from a job already checked, so nothing is checked again."""
     values = json.loads(data)
     fields = dict(zip(_PACK_ORDER[: len(values) - 1], values[1:], strict=True))
+    fields["id"] = job_id
     if "status" in fields:
         fields["status"] = Status(fields["status"])
     if "not_node" in fields:

@@ -191,39 +191,66 @@ class _Entry:
     def pack(self) -> None:
         """Keep the job as packed text while it waits here (not for a job on a node)."""
         if self.packed is None and self.node is None:
-            packed = pack_job(self.job, self.size)
+            job = self.job
+            packed = pack_job(job, self.size)
             if packed is not None:
                 self.packed = packed
-                del self.job, self.size
-                # The class that unpacks on a read: only packed entries pay for a
-                # __getattr__ (which slows every attribute read of its class).
+                # While packed the job's slot holds its id (the very string that keys
+                # _owned: no byte more), and the size is in the text.
+                object.__setattr__(self, "job", job.id)
+                del self.size
                 self.__class__ = _PackedEntry
 
     def peek(self) -> Job:
         """The job, unpacked for a look without keeping it so (a view of the whole line
         must not unpack every job for good)."""
-        packed = self.packed
-        return unpack_job(packed)[0] if packed is not None else self.job
+        return self.job
 
     def was_sent_to(self, node: str) -> bool:
         return node == self.node or node in self.sent_to or self.sent_to_unknown
 
 
 class _PackedEntry(_Entry):
-    """An entry whose job waits packed (:meth:`_Entry.pack`): ``job`` and ``size`` are unset,
-    and reading either unpacks both and makes it an :class:`_Entry` again."""
+    """An entry whose job waits packed (:meth:`_Entry.pack`): its ``job`` slot holds the
+    job's id, its ``size`` slot nothing; reading (or setting) ``job`` or ``size`` unpacks it
+    into an :class:`_Entry` again. Only packed entries pay for these properties."""
 
     __slots__ = ()
 
-    def __getattr__(self, name: str) -> Any:
-        # Only called for what the slots do not hold: ``job`` and ``size``, while packed.
+    def _unpack(self) -> None:
         packed = self.packed
-        if name not in ("job", "size") or packed is None:
-            raise AttributeError(name)
-        self.job, self.size = unpack_job(packed)
-        self.packed = None
+        assert packed is not None
+        job, size = unpack_job(packed, _JOB_SLOT.__get__(self, _Entry))
         self.__class__ = _Entry  # type: ignore[assignment]
-        return getattr(self, name)
+        self.job, self.size, self.packed = job, size, None
+
+    @property  # type: ignore[override]
+    def job(self) -> Job:
+        self._unpack()
+        return self.job
+
+    @job.setter
+    def job(self, value: Job) -> None:
+        self._unpack()
+        self.job = value
+
+    @property  # type: ignore[override]
+    def size(self) -> int:
+        self._unpack()
+        return self.size
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._unpack()
+        self.size = value
+
+    def peek(self) -> Job:
+        assert self.packed is not None
+        return unpack_job(self.packed, _JOB_SLOT.__get__(self, _Entry))[0]
+
+
+#: The slot ``_Entry.job`` itself (a packed entry's ``job`` is a property over it).
+_JOB_SLOT: Any = _Entry.__dict__["job"]
 
 
 @attrs.frozen

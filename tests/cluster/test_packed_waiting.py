@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from jobreactor import Config, JobCancelled, JobRegistry, job
 from jobreactor.definitions import registering_into
 from jobreactor.distributor import dispatch
+from jobreactor.distributor.records import _Entry
 from jobreactor.testing import LocalCluster
 
 #: Jobs beyond this many in a line are packed here (10,000 in production).
@@ -89,8 +90,11 @@ def test_jobs_beyond_the_depth_wait_packed_and_come_out_the_same(
         for i, h in enumerate(handles)
     }
     entry = cluster.distributor._owned[handles[-1].id]
-    with pytest.raises(AttributeError):  # no Job is held, only the text: the slot itself
-        object.__getattribute__(entry, "job")  # (not through __getattr__) is empty
+    # No Job is held: the job's own slot holds only its id (the string that keys _owned),
+    # the rest is the text.
+    assert _Entry.__dict__["job"].__get__(entry, _Entry) is handles[-1].id
+    text = entry.packed
+    assert text is not None and b'"echo"' in text and handles[-1].id.encode() not in text
     # Views show the packed jobs without unpacking them for good.
     shown = cluster.distributor.waiting_jobs(100)
     assert {job.id: job for job in shown} == originals
