@@ -189,9 +189,13 @@ class _Entry:
         self._rare_fields().sent_to_unknown = value
 
     def pack(self) -> None:
-        """Keep the job as packed text while it waits here (not for a job on a node)."""
+        """Keep the job as packed text while it waits here: not for a job on a node, nor
+        for one with a ``run_at`` or a ``period`` (the dashboard lists those: see
+        ``owned_jobs(scheduled=True)``)."""
         if self.packed is None and self.node is None:
             job = self.job
+            if job.run_at is not None or job.period is not None:
+                return
             packed = pack_job(job, self.size)
             if packed is not None:
                 self.packed = packed

@@ -8,6 +8,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import TYPE_CHECKING, cast
 
+from jobreactor.distributor.records import _PackedEntry
 from jobreactor.model import Job
 
 if TYPE_CHECKING:
@@ -34,9 +35,20 @@ class ClusterViews:
             jobs.extend(entry.peek() for entry in islice(distributor._future, limit - len(jobs)))
         return jobs
 
-    def owned_jobs(self) -> list[tuple[Job, str | None]]:
-        """Every job owned here with the node holding it (None: waiting here)."""
+    def owned_jobs(self, *, scheduled: bool = False) -> list[tuple[Job, str | None]]:
+        """Every job owned here with the node holding it (None: waiting here).
+
+        ``scheduled``: at least those with a ``run_at`` or a ``period`` (the dashboard's
+        delayed jobs), without the packed jobs of a long line, which have neither: a view of
+        a million waiting jobs does not unpack them all.
+        """
         owned = cast("Distributor", self)._owned
+        if scheduled:
+            return [
+                (entry.job, entry.node)
+                for entry in owned.values()
+                if not isinstance(entry, _PackedEntry)
+            ]
         return [(entry.peek(), entry.node) for entry in owned.values()]
 
     def owned_job(self, job_id: str) -> tuple[Job, str | None] | None:

@@ -35,7 +35,7 @@ class ClusterView(Protocol):
 
     def waiting_by_priority(self) -> list[tuple[int, int]]: ...
 
-    def owned_jobs(self) -> list[tuple[Job, str | None]]: ...
+    def owned_jobs(self, *, scheduled: bool = False) -> list[tuple[Job, str | None]]: ...
 
     def waiting_jobs(self, limit: int) -> list[Job]: ...
 
@@ -167,7 +167,7 @@ def delayed(distributor: ClusterView, now: float) -> dict[str, Any]:
     """Jobs due later and periodic jobs, soonest first."""
     later = [
         (job, node)
-        for job, node in distributor.owned_jobs()
+        for job, node in distributor.owned_jobs(scheduled=True)
         if job.period is not None or (job.run_at is not None and job.run_at > now)
     ]
     later.sort(key=lambda pair: pair[0].run_at if pair[0].run_at is not None else now)

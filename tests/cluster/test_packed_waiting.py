@@ -186,3 +186,21 @@ def test_jobs_of_a_remote_client_wait_packed_and_their_outcomes_go_back(
     cluster.run()
     assert [outcome_of(h)["seen"] for h in handles] == [{"i": i, "f": 1.0} for i in range(6)]
     assert all(type(outcome_of(h)["seen"]["f"]) is float for h in handles)
+
+
+def test_scheduled_jobs_stay_unpacked_and_the_delayed_view_unpacks_nothing(
+    cluster: LocalCluster,
+) -> None:
+    from jobreactor.web import _snapshot
+
+    enqueue = cluster.distributor.enqueue
+    plain = [enqueue("echo", {"i": i}) for i in range(DEPTH + 2)]
+    later = [enqueue("echo", {"i": i}, after=60) for i in range(DEPTH + 2)]  # a long line
+    periodic = enqueue("echo", {"i": "periodic"}, period=30)
+    assert packed(cluster, plain[-1]) and packed(cluster, plain[-2])
+    # Deep in their lines, but the delayed view lists them: not packed.
+    assert not any(packed(cluster, handle) for handle in [*later, periodic])
+    view = _snapshot.delayed(cluster.distributor, cluster.clock.seconds())
+    assert {row["id"] for row in view["delayed"]} == {h.id for h in [*later, periodic]}
+    assert view["count"] == DEPTH + 3
+    assert packed(cluster, plain[-1]) and packed(cluster, plain[-2])  # left packed
