@@ -166,6 +166,8 @@ class JobHandle:
             return
         self._outcome = outcome
         self._settled = True
+        self._keeper = None  # its job is over: nothing to hold it for (an id run again by
+        # retry is another job's from now on)
         if self._done is not None:
             self._done.set()
         if self._deferred is not None:

@@ -145,7 +145,11 @@ class OutcomeDesk:
         self._unique_release(entry, report)
         self._dependency_finished(entry, report)
         self._fire(entry, report)
-        self._settle_handle(entry, outcome)
+        # The entry's handle, or the one made at enqueue if someone still holds it (an
+        # entry that holds its handle has none held weakly: see Distributor._own).
+        handle = entry.handle if entry.handle is not None else self._handles.pop(entry.job.id)
+        if handle is not None:
+            handle._settle(outcome)
 
     def _fire(self: Distributor, entry: _Entry, report: Report) -> None:
         if entry.origin is not None:

@@ -360,7 +360,7 @@ class Distributor(
             self._ledger.written().addCallbacks(lambda _: handle._accepted(), handle._accepted)
         self.stats.enqueued(job)
         if not self._awaits_dependencies(entry):
-            self._line_up(entry)
+            self._line_up(entry)  # (packed if deep: see PACK_BEYOND)
         self._schedule_dispatch()
         return entry
 
@@ -378,13 +378,6 @@ class Distributor(
         if entry is not None and entry.handle is None:
             entry.handle = handle
             self._handles.pop(handle.id)
-
-    def _settle_handle(self, entry: _Entry, outcome: Any) -> None:
-        """Give the job's outcome to its handle, if anyone holds one."""
-        weak = self._handles.pop(entry.job.id)
-        handle = entry.handle if entry.handle is not None else weak
-        if handle is not None:
-            handle._settle(outcome)
 
     def cancel(self, handle: JobHandle) -> None:
         """Stop the job of ``handle``: drop it if it waits here, else ask its node."""

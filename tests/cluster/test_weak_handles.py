@@ -118,3 +118,25 @@ def test_a_unique_key_follower_gets_the_very_handle_while_it_is_held(
     cluster.add_node("n1")
     finish_all(cluster, jobs)
     assert first.done
+
+
+def test_a_handle_of_a_job_run_again_does_not_take_the_new_runs_place(
+    cluster: LocalCluster, jobs: Jobs
+) -> None:
+    cluster.add_node("n1")
+    first = cluster.distributor.enqueue("held", {})
+    finish_all(cluster, jobs)
+    assert first.done
+    retried: list[Any] = []
+    cluster.distributor.retry(first.id).addBoth(retried.append)
+    cluster.run()
+    assert retried == [first.id]
+    seen: list[Any] = []
+    first.deferred.addBoth(seen.append)  # the first run's handle, used only now
+    assert seen == [{"value": 1}]
+    # The new run's entry did not take the old handle for its own.
+    assert cluster.distributor._owned[first.id].handle is None
+    jobs.pending.pop(0).callback(2)
+    cluster.run()
+    assert cluster.distributor.pending == 0
+    assert first._outcome == {"value": 1}  # settled once, by its own run
