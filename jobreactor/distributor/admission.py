@@ -83,6 +83,14 @@ class Admission:
         self._total.jobs += 1
         self._total.bytes += size
 
+    def resize(self, sender: str | None, old: int, new: int) -> None:
+        """A waiting job of ``sender`` grew or shrank (its dependencies' results added)."""
+        usage = self._senders.get(sender)
+        if usage is None:
+            return
+        usage.bytes += new - old
+        self._total.bytes += new - old
+
     def release(self, sender: str | None, size: int) -> None:
         usage = self._senders.get(sender)
         if usage is None:

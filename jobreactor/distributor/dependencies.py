@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from jobreactor.distributor.records import _Entry, log
-from jobreactor.jsontext import lenient
+from jobreactor.distributor.records import _Entry, _job_size, log
 from jobreactor.model import Report, Status
 from jobreactor.outcomes import refusal_report
 
@@ -144,7 +143,10 @@ class Dependencies:
         args["depends_on"] = {d: blocked.results.get(d, {}) for d in entry.job.depends_on}
         # No dependencies left to wait for: a reload after a restart queues it at once.
         entry.job = attrs.evolve(entry.job, args=args, depends_on=())
-        entry.size = len(lenient(args)) + 400
+        # The results make it larger: count what it holds now (released at the same size).
+        size = _job_size(entry.job)
+        self._admission.resize(entry.origin, entry.size, size)
+        entry.size = size
         self._keep_job(entry)
         log.info(
             "job {job_id} ({name}): its dependencies ended, it may run",

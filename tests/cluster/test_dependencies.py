@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 
-from jobreactor import Config, InvalidJobError, JobCancelled, JobFailed, JobRegistry, job
+from jobreactor import (
+    Config,
+    InvalidJobError,
+    JobCancelled,
+    JobFailed,
+    JobRegistry,
+    QueueFullError,
+    job,
+)
 from jobreactor.definitions import registering_into
 from jobreactor.testing import LocalCluster
 
@@ -154,3 +162,30 @@ def test_bad_dependency_options_are_refused(cluster: LocalCluster) -> None:
         enqueue("combine", {}, on_dependency_failure="run")
     with pytest.raises(InvalidJobError, match='must be "fail" or "run"'):
         enqueue("combine", {}, depends_on=["x"], on_dependency_failure="maybe")
+
+
+def test_a_released_job_counts_its_dependencies_results_against_max_waiting_bytes(
+    jobs: Jobs,
+) -> None:
+    """The results a job receives make it larger; it used to be released at its larger size
+    though counted at its smaller one, so each such job loosened ``max_waiting_bytes``."""
+    config = Config(max_attempt=1, max_waiting_bytes=1024 * 1024)
+    cluster = LocalCluster(jobs.registry, config=config)
+    try:
+        cluster.add_node("n1")
+        enqueue = cluster.distributor.enqueue
+        for round_ in range(5):
+            a = enqueue("step", {"name": f"a{round_}", "pad": "x" * 300_000})
+            c = enqueue("combine", {}, depends_on=[a])
+            cluster.run()
+            jobs.pending[f"a{round_}"].callback(1)  # its result: its args, 300 KB of them
+            cluster.run()
+            assert outcome_of(c)["sum"] == 1
+        held = []
+        with pytest.raises(QueueFullError, match="max_waiting_bytes"):
+            for index in range(10):  # each stays on the node, pending, and counts
+                held.append(enqueue("step", {"name": f"h{index}", "pad": "y" * 300_000}))
+                cluster.run()
+        assert len(held) == 3  # 1 MiB holds three of them, as before any dependency
+    finally:
+        cluster.stop()
