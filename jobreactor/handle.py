@@ -27,14 +27,12 @@ class JobHandle:
     """
 
     __slots__ = (
-        "__weakref__",
         "_acceptance",
         "_acceptance_waiters",
         "_accepted_event",
         "_cancel",
         "_deferred",
         "_done",
-        "_keeper",
         "_outcome",
         "_settled",
         "id",
@@ -55,10 +53,6 @@ class JobHandle:
         self._acceptance: Any = True
         self._acceptance_waiters: list[Deferred[str]] | None = None
         self._accepted_event: threading.Event | None = None
-        #: Called once when ``deferred`` is first made: a distributor that holds this handle
-        #: weakly (nobody but its caller can use it) holds it from then on, as whoever holds
-        #: only the Deferred still waits for the outcome.
-        self._keeper: Callable[[JobHandle], None] | None = None
 
     def __repr__(self) -> str:
         state = "done" if self._settled else "pending"
@@ -72,9 +66,6 @@ class JobHandle:
     def deferred(self) -> Deferred[dict[str, Any]]:
         if self._deferred is None:
             self._deferred = Deferred()
-            keeper, self._keeper = self._keeper, None
-            if keeper is not None:
-                keeper(self)
             if self._settled:
                 self._fire(self._deferred)
         return self._deferred
@@ -166,8 +157,6 @@ class JobHandle:
             return
         self._outcome = outcome
         self._settled = True
-        self._keeper = None  # its job is over: nothing to hold it for (an id run again by
-        # retry is another job's from now on)
         if self._done is not None:
             self._done.set()
         if self._deferred is not None:
@@ -186,3 +175,31 @@ class JobHandle:
             deferred.errback(self._outcome)
         else:
             deferred.callback(self._outcome)
+
+
+class WeakableHandle(JobHandle):
+    """A handle a distributor may hold weakly (made by ``Distributor.enqueue``): nobody but
+    its caller can use it, so a caller that drops it leaves nothing behind while the job
+    waits. A remote client's handles do not need this and save its 16 bytes."""
+
+    __slots__ = ("__weakref__", "_keeper")
+
+    def __init__(self, job_id: str, name: str, cancel: Callable[[JobHandle], None]) -> None:
+        super().__init__(job_id, name, cancel)
+        #: Called once when ``deferred`` is first made: a distributor that holds this handle
+        #: weakly holds it from then on, as whoever holds only the Deferred still waits for
+        #: the outcome.
+        self._keeper: Callable[[JobHandle], None] | None = None
+
+    @property
+    def deferred(self) -> Deferred[dict[str, Any]]:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and not self._settled:
+            keeper(self)
+        return JobHandle.deferred.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    def _settle(self, outcome: dict[str, Any] | Failure) -> None:
+        # Its job is over: nothing to hold it for (an id run again by a retry is another
+        # job's from now on).
+        self._keeper = None
+        super()._settle(outcome)

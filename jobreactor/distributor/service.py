@@ -50,7 +50,7 @@ from jobreactor.distributor.unique import EndedKey, UniqueJobs
 from jobreactor.distributor.views import ClusterViews
 from jobreactor.enqueueing import build_job_sized, check_feedbacks
 from jobreactor.errors import InvalidJobError, JobCancelled
-from jobreactor.handle import JobHandle
+from jobreactor.handle import JobHandle, WeakableHandle
 from jobreactor.limits import Limits, printable
 from jobreactor.model import Job, Status
 from jobreactor.protocol import BadMessage, QueueFull
@@ -283,8 +283,10 @@ class Distributor(
         owned = self._own(job, success, error, handle, None, _job_size(job, args_bytes), weak=True)
         return owned if isinstance(owned, JobHandle) else handle
 
-    def new_handle(self, job: Job, cancel: Callable[[JobHandle], None] | None = None) -> JobHandle:
-        return JobHandle(job.id, job.name, cancel or self._cancel_handle)
+    def new_handle(
+        self, job: Job, cancel: Callable[[JobHandle], None] | None = None
+    ) -> WeakableHandle:
+        return WeakableHandle(job.id, job.name, cancel or self._cancel_handle)
 
     def submit(
         self,
@@ -348,7 +350,7 @@ class Distributor(
             size=size,
             origin=origin,
         )
-        if weak and handle is not None:
+        if weak and isinstance(handle, WeakableHandle):
             self._handles.add(job.id, handle)
             handle._keeper = self._keep_handle
         self._admission.add(origin, size)
