@@ -327,7 +327,11 @@ class Dispatch:
             self._schedule_dispatch()
 
     def _unqueue(self: Distributor, entry: _Entry) -> None:
+        # One scan of the entry's priority level per line (a membership test first scanned
+        # every level of the line, then the level again).
         for queue in (self._waiting, self._future, *self._held.values()):
-            if entry in queue:
+            try:
                 queue.remove(entry)
-                return
+            except ValueError:
+                continue
+            return
