@@ -32,9 +32,9 @@ from jobreactor.enqueueing import check_feedbacks, job_fields, new_job_id
 from jobreactor.errors import InvalidJobError, NotRunningError, QueueFullError
 from jobreactor.handle import JobHandle
 from jobreactor.jsontext import compact
-from jobreactor.limits import DEFAULT_LIMITS, printable
+from jobreactor.limits import printable
 from jobreactor.login import Credentials, check_credentials, say_hello
-from jobreactor.model import Job, Report, Status, flat_json
+from jobreactor.model import Job, Report, Status
 from jobreactor.outcomes import Feedback, final_outcome, fire_feedback, refusal_report
 from jobreactor.protocol import (
     BadMessage,
@@ -168,76 +168,6 @@ class _Submitted:
 
     def everyone(self) -> list[_Submitted]:
         return [self] if self.twins is None else [self, *self.twins]
-
-
-_STATUSES = {status.value: status for status in Status}
-_FEEDBACKS = (None, "success", "error")
-_DEFAULT_LIMITS = DEFAULT_LIMITS
-
-
-def _plain_report(item: Any) -> Report | None:
-    """The usual report (no error texts, plain args of a bounded size) checked without
-    encoding its args again: the rules of ``Report.from_wire``, which reads the others."""
-    if type(item) is not dict:
-        return None
-    job_id = item.get("job_id")
-    run = item.get("run")
-    status = _STATUSES.get(item.get("status"))  # type: ignore[arg-type]
-    final = item.get("final")
-    feedback = item.get("feedback")
-    args = item.get("args")
-    run_at = item.get("run_at")
-    attempt = item.get("attempt", 0)
-    handed_back = item.get("handed_back", False)
-    duration = item.get("duration")
-    if (
-        type(job_id) is not str
-        or not 0 < len(job_id) <= _DEFAULT_LIMITS.max_name_length
-        or not job_id.isascii()  # no lone surrogate
-        or type(run) is not int
-        or run < 0
-        or status is None
-        or type(final) is not bool
-        or feedback not in _FEEDBACKS
-        or type(attempt) is not int
-        or attempt < 0
-        or type(handed_back) is not bool
-        or not (run_at is None or (type(run_at) is float and math.isfinite(run_at)))
-        or not (duration is None or (type(duration) is float and 0 <= duration < math.inf))
-        or item.get("error") is not None
-        or item.get("error_type") is not None
-        or item.get("traceback") is not None
-    ):
-        return None
-    if args is None:
-        args = {}
-    elif type(args) is not dict or not _small_plain(args):
-        return None
-    return Report(
-        job_id,
-        run,
-        status,
-        feedback,
-        final,
-        args,
-        None,
-        None,
-        run_at,
-        attempt,
-        handed_back,
-        duration,
-    )
-
-
-def _small_plain(args: dict[str, Any]) -> bool:
-    """Whether ``args`` surely passes ``encode_args``: plain (``flat_json``) and surely
-    within ``max_args_bytes`` as JSON (a bound on its text: each character escaped)."""
-    if not flat_json(args):
-        return False
-    bound = 2
-    for key, value in args.items():
-        bound += 6 * len(key) + 32 + (6 * len(value) if type(value) is str else 0)
-    return bound <= _DEFAULT_LIMITS.max_args_bytes
 
 
 def _size(submitted: _Submitted) -> int:
@@ -514,13 +444,11 @@ class Submitter:
             raise BadMessage("reports must be a list of report objects")
         reports = []
         for item in raw:
-            report = _plain_report(item)
-            if report is None:
-                try:
-                    report = Report.from_wire(item)
-                except InvalidJobError as error:  # one bad report loses only itself
-                    log.warn("ignoring a malformed outcome: {error}", error=printable(error, 300))
-                    continue
+            try:
+                report = Report.from_wire(item)
+            except InvalidJobError as error:  # one bad report loses only itself
+                log.warn("ignoring a malformed outcome: {error}", error=printable(error, 300))
+                continue
             reports.append(report)
         for report in reports:
             submitted = self._jobs.get(report.job_id)

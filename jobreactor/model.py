@@ -511,78 +511,150 @@ class Report:
     @classmethod
     def from_wire(cls, data: Any, limits: Limits = DEFAULT_LIMITS) -> Report:
         """Build a report from its wire form, naming the first field that is wrong."""
-        if not isinstance(data, dict):
-            raise InvalidJobError(f"a report must be a JSON object, not {type(data).__name__}")
-        for required in ("job_id", "run", "status", "final"):
-            if required not in data:
-                raise InvalidJobError(f"report field {required!r} is missing")
-        job_id = check_name(data["job_id"], "report field 'job_id'", limits)
-        run = data["run"]
-        if not isinstance(run, int) or isinstance(run, bool) or run < 0:
-            raise InvalidJobError(f"report field 'run' of job {job_id} must be an integer")
-        try:
-            status = Status(data["status"])
-        except ValueError:
-            raise InvalidJobError(
-                f"report field 'status' of job {job_id} is not a status: {data['status']!r}"
-            ) from None
-        if not isinstance(data["final"], bool):
-            raise InvalidJobError(f"report field 'final' of job {job_id} must be true or false")
-        feedback = data.get("feedback")
-        if feedback not in (None, "success", "error"):
-            raise InvalidJobError(
-                f'report field \'feedback\' of job {job_id} must be "success", "error" '
-                f"or null, not {feedback!r}"
-            )
-        args = data.get("args")
-        if args is None:
-            args = {}
-        if not isinstance(args, dict):
-            raise InvalidJobError(f"report field 'args' of job {job_id} must be an object")
-        try:
-            encode_args(args, limits.max_args_bytes, limits.max_depth, parsed=True)
-        except InvalidJobError as error:
-            raise InvalidJobError(f"report of job {job_id}: {error}") from None
-        # Each message is built only for a value to check: most fields are null.
-        if data.get("error") is not None:
-            check_error_text(data["error"], f"report field 'error' of job {job_id}", limits)
-        if data.get("error_type") is not None:
-            check_name(data["error_type"], f"report field 'error_type' of job {job_id}", limits)
-        if data.get("traceback") is not None:
-            check_error_text(data["traceback"], f"report field 'traceback' of job {job_id}", limits)
-        run_at = data.get("run_at")
-        if run_at is not None:
-            run_at = _optional_number(run_at, f"report field 'run_at' of job {job_id}")
-        attempt = data.get("attempt", 0)
-        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
-            raise InvalidJobError(
-                f"report field 'attempt' of job {job_id} must be a non-negative integer"
-            )
-        handed_back = data.get("handed_back", False)
-        if not isinstance(handed_back, bool):
-            raise InvalidJobError(
-                f"report field 'handed_back' of job {job_id} must be true or false"
-            )
-        duration = data.get("duration")
-        if duration is not None:
-            duration = _optional_number(duration, f"report field 'duration' of job {job_id}")
-        if duration is not None and duration < 0:
-            raise InvalidJobError(f"report field 'duration' of job {job_id} must not be negative")
-        return cls(
-            job_id=job_id,
-            run=run,
-            status=status,
-            feedback=feedback,
-            final=data["final"],
-            args=args,
-            error=data.get("error"),
-            error_type=data.get("error_type"),
-            run_at=run_at,
-            attempt=attempt,
-            handed_back=handed_back,
-            duration=duration,
-            traceback=data.get("traceback"),
+        report = _plain_report(data, limits)
+        return report if report is not None else _checked_report(data, limits)
+
+
+_STATUSES = {status.value: status for status in Status}
+_FEEDBACKS = (None, "success", "error")
+
+
+def _plain_report(data: Any, limits: Limits) -> Report | None:
+    """The usual report (no error texts, plain args of a bounded size) read without
+    encoding its args: what this accepts, :func:`_checked_report` would accept the same;
+    None sends the rest there, which names what is wrong. Every report of every job is
+    read once by the distributor and once by a remote client."""
+    if type(data) is not dict:
+        return None
+    job_id = data.get("job_id")
+    run = data.get("run")
+    status = _STATUSES.get(data.get("status"))  # type: ignore[arg-type]
+    final = data.get("final")
+    feedback = data.get("feedback")
+    args = data.get("args")
+    run_at = data.get("run_at")
+    attempt = data.get("attempt", 0)
+    handed_back = data.get("handed_back", False)
+    duration = data.get("duration")
+    if (
+        type(job_id) is not str
+        or not 0 < len(job_id) <= limits.max_name_length
+        or not job_id.isascii()  # no lone surrogate
+        or type(run) is not int
+        or run < 0
+        or status is None
+        or type(final) is not bool
+        or feedback not in _FEEDBACKS
+        or type(attempt) is not int
+        or attempt < 0
+        or type(handed_back) is not bool
+        or not (run_at is None or (type(run_at) is float and math.isfinite(run_at)))
+        or not (duration is None or (type(duration) is float and 0 <= duration < math.inf))
+        or data.get("error") is not None
+        or data.get("error_type") is not None
+        or data.get("traceback") is not None
+    ):
+        return None
+    if args is None:
+        args = {}
+    elif type(args) is not dict or not _small_plain(args, limits.max_args_bytes):
+        return None
+    return Report(
+        job_id, run, status, feedback, final, args, None, None, run_at, attempt, handed_back,
+        duration,
+    )  # fmt: skip
+
+
+def _small_plain(args: dict[str, Any], max_args_bytes: int) -> bool:
+    """Whether ``args`` surely passes ``encode_args``: plain (``flat_json``), no lone
+    surrogate in a text and surely within ``max_args_bytes`` as JSON (a bound on its text:
+    each character escaped)."""
+    if not flat_json(args):
+        return False
+    bound = 2
+    for key, value in args.items():
+        if has_lone_surrogate(key):
+            return False
+        if type(value) is str:
+            if has_lone_surrogate(value):
+                return False
+            bound += 6 * len(value)
+        bound += 6 * len(key) + 32
+    return bound <= max_args_bytes
+
+
+def _checked_report(data: Any, limits: Limits) -> Report:
+    """Every rule of a report, one by one, naming the first one broken."""
+    if not isinstance(data, dict):
+        raise InvalidJobError(f"a report must be a JSON object, not {type(data).__name__}")
+    for required in ("job_id", "run", "status", "final"):
+        if required not in data:
+            raise InvalidJobError(f"report field {required!r} is missing")
+    job_id = check_name(data["job_id"], "report field 'job_id'", limits)
+    run = data["run"]
+    if not isinstance(run, int) or isinstance(run, bool) or run < 0:
+        raise InvalidJobError(f"report field 'run' of job {job_id} must be an integer")
+    try:
+        status = Status(data["status"])
+    except ValueError:
+        raise InvalidJobError(
+            f"report field 'status' of job {job_id} is not a status: {data['status']!r}"
+        ) from None
+    if not isinstance(data["final"], bool):
+        raise InvalidJobError(f"report field 'final' of job {job_id} must be true or false")
+    feedback = data.get("feedback")
+    if feedback not in (None, "success", "error"):
+        raise InvalidJobError(
+            f'report field \'feedback\' of job {job_id} must be "success", "error" '
+            f"or null, not {feedback!r}"
         )
+    args = data.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidJobError(f"report field 'args' of job {job_id} must be an object")
+    try:
+        encode_args(args, limits.max_args_bytes, limits.max_depth, parsed=True)
+    except InvalidJobError as error:
+        raise InvalidJobError(f"report of job {job_id}: {error}") from None
+    # Each message is built only for a value to check: most fields are null.
+    if data.get("error") is not None:
+        check_error_text(data["error"], f"report field 'error' of job {job_id}", limits)
+    if data.get("error_type") is not None:
+        check_name(data["error_type"], f"report field 'error_type' of job {job_id}", limits)
+    if data.get("traceback") is not None:
+        check_error_text(data["traceback"], f"report field 'traceback' of job {job_id}", limits)
+    run_at = data.get("run_at")
+    if run_at is not None:
+        run_at = _optional_number(run_at, f"report field 'run_at' of job {job_id}")
+    attempt = data.get("attempt", 0)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+        raise InvalidJobError(
+            f"report field 'attempt' of job {job_id} must be a non-negative integer"
+        )
+    handed_back = data.get("handed_back", False)
+    if not isinstance(handed_back, bool):
+        raise InvalidJobError(f"report field 'handed_back' of job {job_id} must be true or false")
+    duration = data.get("duration")
+    if duration is not None:
+        duration = _optional_number(duration, f"report field 'duration' of job {job_id}")
+    if duration is not None and duration < 0:
+        raise InvalidJobError(f"report field 'duration' of job {job_id} must not be negative")
+    return Report(
+        job_id=job_id,
+        run=run,
+        status=status,
+        feedback=feedback,
+        final=data["final"],
+        args=args,
+        error=data.get("error"),
+        error_type=data.get("error_type"),
+        run_at=run_at,
+        attempt=attempt,
+        handed_back=handed_back,
+        duration=duration,
+        traceback=data.get("traceback"),
+    )
 
 
 # -- the packed form: a waiting job as one short JSON text ----------------------------------

@@ -11,11 +11,12 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 
-from jobreactor.client import Submitter, _plain_report
+from jobreactor.client import Submitter
 from jobreactor.enqueueing import build_job
 from jobreactor.errors import InvalidJobError
 from jobreactor.jsontext import compact
-from jobreactor.model import Job, Report
+from jobreactor.limits import DEFAULT_LIMITS
+from jobreactor.model import Job, _checked_report, _plain_report
 from jobreactor.protocol import JSON, Encoded
 
 LIMIT = 1024 * 1024
@@ -168,6 +169,9 @@ GOOD_REPORT: dict[str, Any] = {
         {"job_id": ""},
         {"job_id": "x" * 300},
         {"job_id": "lone \ud800"},
+        {"args": {"text": "lone \ud800"}},
+        {"args": {"lone \udfff": 1}},
+        {"args": {"text": "żółw"}},
         {"job_id": 7},
     ],
 )
@@ -176,10 +180,10 @@ def test_the_fast_reading_of_a_report_agrees_with_report_from_wire(
 ) -> None:
     item = {**GOOD_REPORT, **changes}
 
-    fast = _plain_report(item)
+    fast = _plain_report(item, DEFAULT_LIMITS)
 
     try:
-        full = Report.from_wire(item)
+        full = _checked_report(item, DEFAULT_LIMITS)
     except InvalidJobError:
         assert fast is None  # refused by the full reading
     else:
