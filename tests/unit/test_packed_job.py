@@ -12,6 +12,8 @@ import pytest
 from jobreactor import Job, Status
 from jobreactor.model import pack_job, unpack_job
 
+from .test_model import full_job
+
 
 def same(left: Any, right: Any) -> bool:
     """Equal, and of the same types at every depth (``1 == 1.0 == True`` is not enough)."""
@@ -58,27 +60,9 @@ ARGS = {
 
 def every_field_set() -> Job:
     """A job with every field other than its default, several of them workflow fields."""
-    return Job(
-        id="0b8f4d3e-1b0c-4c8e-9a53-5e7c1c2f4a10",
-        name="mail.send",
+    return attrs.evolve(
+        full_job(),
         args=ARGS,
-        status=Status.ERROR,
-        attempt=2,
-        run=3,
-        run_at=1_700_000_100.5,
-        period=60.0,
-        defer=True,
-        node="worker_1",
-        not_node=("worker_2", "worker_3"),
-        max_attempt=4,
-        retry_delay=1.5,
-        timeout=30.0,
-        failed_at=1_700_000_050.25,
-        last_error="disk full",
-        last_error_type="OSError",
-        make_after=10.0,
-        distributor="tcp:localhost:5000",
-        enqueued_at=1_700_000_000.0,
         priority=-1000,
         unique_key="report:2024",
         unique_for=3600.0,
