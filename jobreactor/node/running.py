@@ -23,6 +23,7 @@ from jobreactor.definitions import JobDefinition
 from jobreactor.limits import printable
 from jobreactor.model import Job, Status
 from jobreactor.node.context import _current_node
+from jobreactor.storage.base import stored_at_once
 
 log = Logger()
 
@@ -45,7 +46,7 @@ class Running:
         # Until the attempt runs, this placeholder holds the slot; a cancel arriving while
         # the save is under way is honoured when it ends (the save itself is not cut short).
         self._running[job.id] = saved
-        if saved.called and saved.result is None:
+        if stored_at_once(saved):
             self._run(job)  # already written (memory storage): no callback to wait for
             return
         self._starting[job.id] = saved
@@ -275,7 +276,7 @@ class Running:
                 else attrs.evolve(job, status=status)
             )
             stored = self.storage.save(self.node_name, final)
-        if not stored.called or stored.result is not None:  # pending, or failed
+        if not stored_at_once(stored):  # pending, or failed
             stored.addErrback(self._log_failure, "storing the end of job {job_id}", job_id=job.id)
         self._report(
             job,

@@ -23,6 +23,7 @@ from jobreactor.model import Job, Report, Status
 from jobreactor.protocol import (
     BadMessage,
 )
+from jobreactor.storage.base import stored_at_once
 
 log = Logger()
 
@@ -98,7 +99,7 @@ class Scheduling:
                 self._clock.callLater(0, self._cancel, cancels)  # after the answer goes out
             return {"accepted": accepted, "parked": parked, "rejected": rejected}
 
-        if all(saved.called and saved.result is None for saved in saves):
+        if all(map(stored_at_once, saves)):
             # All written already (memory storage): no DeferredList to wait on.
             return defer.succeed(stored([(True, None)] * len(saves)))
         return DeferredList(saves, consumeErrors=True).addCallback(stored)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from jobreactor.errors import JobReactorError
 from jobreactor.model import Job, Status
+
+
+def stored_at_once(result: Deferred[Any]) -> bool:
+    """Whether a storage call has succeeded already (memory storage answers at once): the
+    caller goes on in the same call, without a callback or a Deferred of its own."""
+    return result.called and result.result is None
 
 
 class StorageError(JobReactorError):
